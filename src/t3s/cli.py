@@ -1,0 +1,292 @@
+"""The `t3s` command line: one thin subcommand per stage over the library functions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from t3s.errors import T3SError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Training-Trajectory-Aware Token Selection for continual distillation of reasoning models.",
+)
+console = Console(stderr=True)
+out = Console()
+
+# -- shared options ------------------------------------------------------------------------------
+Model = Annotated[str, typer.Option("--model", "-m", help="student θ0: a transformers checkpoint directory")]
+Data = Annotated[
+    Path, typer.Option("--data", "-d", help="corpus: .jsonl, .parquet or a save_to_disk directory")
+]
+RunOpt = Annotated[Path, typer.Option("--run", "--out", "-o", help="run directory")]
+TemplateOpt = Annotated[str, typer.Option(help="prompt format: auto (chat template if any), chat, plain")]
+MaxLen = Annotated[int, typer.Option(help="maximum tokens per example")]
+Overlong = Annotated[str, typer.Option(help="responses beyond --max-length: error, truncate or drop")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")]
+Remote = Annotated[bool, typer.Option(help="allow custom model code from the checkpoint (off by default)")]
+
+
+def _tokenize_config(template: str, max_length: int, overlong: str) -> Any:
+    from t3s.tokens import TokenizeConfig
+
+    if template not in ("auto", "chat", "plain"):
+        raise T3SError(f"--template {template!r}: use auto, chat or plain")
+    if overlong not in ("error", "truncate", "drop"):
+        raise T3SError(f"--overlong {overlong!r}: use error, truncate or drop")
+    if max_length < 2:
+        raise T3SError(f"--max-length {max_length}: must be at least 2")
+    return TokenizeConfig(template=template, max_length=max_length, overlong=overlong)  # type: ignore[arg-type]
+
+
+def _pydantic(cls: Any, **values: Any) -> Any:
+    """Build a settings model, turning a validation error into one line that names the key."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or cls.__name__
+        raise T3SError(f"{key}: {err['msg']}") from None
+
+
+# -- validate ------------------------------------------------------------------------------------
+@app.command()
+def validate(
+    data: Data,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="also tokenize with this model")] = None,
+    template: TemplateOpt = "auto",
+    max_length: MaxLen = 4096,
+    overlong: Overlong = "error",
+    trust_remote_code: Remote = False,
+) -> None:
+    """Check a corpus and report every problem, one per row; exit 1 if any."""
+    from t3s.data import Problem, scan_corpus
+
+    examples, problems = scan_corpus(data)
+    lengths: list[int] = []
+    if model is not None:
+        from t3s.models import load_tokenizer
+        from t3s.tokens import tokenize_example
+
+        cfg = _tokenize_config(template, max_length, overlong)
+        tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
+        for ex in examples:
+            try:
+                item = tokenize_example(tok, ex, cfg)
+            except T3SError as exc:
+                problems.append(Problem(f"{data} id {ex.id!r}", None, str(exc).split(": ", 1)[-1]))
+                continue
+            if item is not None:
+                lengths.append(len(item.input_ids))
+    for p in problems:
+        out.print(str(p), markup=False, highlight=False)
+    table = Table(title=f"{data}")
+    table.add_column("rows ok")
+    table.add_column("problems")
+    table.add_column("teachers")
+    table.add_column("tokens (min/mean/max)")
+    teachers = sorted({e.teacher or "-" for e in examples})
+    tok_stats = f"{min(lengths)}/{sum(lengths) / len(lengths):.0f}/{max(lengths)}" if lengths else "-"
+    table.add_row(str(len(examples)), str(len(problems)), ", ".join(teachers), tok_stats)
+    console.print(table)
+    if problems:
+        raise typer.Exit(1)
+
+
+# -- probe ---------------------------------------------------------------------------------------
+@app.command()
+def probe(
+    model: Model,
+    run: RunOpt,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="corpus (default: the run's own)")] = None,
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 50,
+    batch_size: Annotated[int, typer.Option(help="global batch size")] = 64,
+    micro_batch_size: Annotated[int, typer.Option(help="per-device batch size")] = 8,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-5,
+    scheduler: Annotated[str, typer.Option(help="transformers lr scheduler name")] = "constant_with_warmup",
+    warmup_steps: int = 0,
+    seed: int = 42,
+    lora: Annotated[bool, typer.Option(help="train LoRA adapters (peft) instead of all weights")] = False,
+    lora_r: int = 16,
+    freeze_layers: Annotated[int, typer.Option(help="freeze the lowest N decoder layers")] = 0,
+    freeze_embeddings: bool = False,
+    eval_every: Annotated[int, typer.Option(help="measure training accuracy every N steps")] = 1,
+    eval_prompts: Annotated[int | None, typer.Option(help="seeded subset of training prompts")] = None,
+    samples: Annotated[int, typer.Option(help="samples per prompt")] = 1,
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 1024,
+    gen_batch_size: Annotated[int, typer.Option(help="prompts per generation batch")] = 32,
+    backend: Annotated[str, typer.Option(help="generation backend: transformers or vllm")] = "transformers",
+    verifier: Annotated[str, typer.Option(help="'math' or module:function")] = "math",
+    mode: Annotated[str, typer.Option(help="online (θ0, latest, running min) or all checkpoints")] = "online",
+    fixed_step: Annotated[
+        int | None, typer.Option(help="T3S-simple: θb = this step, no accuracy search")
+    ] = None,
+    keep_step: Annotated[
+        list[int] | None, typer.Option(help="also keep this checkpoint (repeatable)")
+    ] = None,
+    report_to: Annotated[
+        list[str] | None, typer.Option(help="HF Trainer report_to (wandb, tensorboard, ...)")
+    ] = None,
+    template: TemplateOpt = "auto",
+    max_length: MaxLen = 4096,
+    overlong: Overlong = "error",
+    restart: Annotated[bool, typer.Option(help="discard a probe started with other settings")] = False,
+    trust_remote_code: Remote = False,
+) -> None:
+    """Plain SFT from θ0 with training accuracy per checkpoint; picks the Imitation Bottleneck θb."""
+    from t3s.models import load_tokenizer
+    from t3s.prepare import prepare_corpus
+    from t3s.probe import ProbeEval, ProbeSettings, run_probe
+    from t3s.rundir import RunDir
+    from t3s.tokens import tokens_fingerprint
+    from t3s.training import LoraSettings, TrainRecipe
+
+    recipe = _pydantic(
+        TrainRecipe,
+        steps=steps,
+        batch_size=batch_size,
+        micro_batch_size=micro_batch_size,
+        lr=lr,
+        scheduler=scheduler,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        lora=LoraSettings(r=lora_r, alpha=2 * lora_r) if lora else None,
+        freeze_layers=freeze_layers,
+        freeze_embeddings=freeze_embeddings,
+        report_to=report_to or [],
+    )
+    settings = _pydantic(
+        ProbeSettings,
+        mode=mode,
+        fixed_step=fixed_step,
+        keep_steps=keep_step or [],
+        eval=_pydantic(
+            ProbeEval,
+            every=eval_every,
+            prompts=eval_prompts,
+            samples=samples,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            batch_size=gen_batch_size,
+            backend=backend,
+            verifier=verifier,
+        ),
+    )
+    cfg = _tokenize_config(template, max_length, overlong)
+    rd = RunDir(run)
+    tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    examples, items = prepare_corpus(rd, data, tok, cfg)
+    record = run_probe(
+        rd,
+        model,
+        examples,
+        items,
+        tok,
+        cfg,
+        recipe,
+        settings,
+        tokens_fp=tokens_fingerprint(items),
+        trust_remote_code=trust_remote_code,
+        restart=restart,
+    )
+    acc = record.get("train_accuracy")
+    acc_text = f", training accuracy {acc:.3f}" if acc is not None else ""
+    out.print(f"bottleneck θb: step {record['step']}{acc_text} -> {record['bottleneck']}", highlight=False)
+
+
+# -- profile -------------------------------------------------------------------------------------
+def _parse_models(specs: list[str]) -> dict[str, str]:
+    """`NAME=PATH` pairs; bare paths are named base, then bottleneck."""
+    from t3s.profile import check_name
+
+    models: dict[str, str] = {}
+    defaults = iter(["base", "bottleneck"])
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = next(defaults, ""), spec
+            if not name:
+                raise T3SError(f"--model {spec!r}: name a third model as NAME=PATH")
+        models[check_name(name)] = path
+    return models
+
+
+@app.command()
+def profile(
+    run: Annotated[Path | None, typer.Option("--run", help="run directory with a finished probe")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="NAME=PATH, or base then bottleneck")
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="corpus (standalone mode)")] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="output .parquet (standalone mode)")
+    ] = None,
+    step: Annotated[list[int] | None, typer.Option("--step", help="also score probe checkpoint K")] = None,
+    all_steps: Annotated[bool, typer.Option(help="score every probe checkpoint on disk")] = False,
+    batch_tokens: Annotated[int, typer.Option(help="padded tokens per forward pass")] = 16384,
+    chunk: Annotated[
+        int, typer.Option(help="positions per output-layer chunk (memory O(chunk x vocab))")
+    ] = 1024,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")] = "auto",
+    template: TemplateOpt = "auto",
+    max_length: MaxLen = 4096,
+    overlong: Overlong = "error",
+    trust_remote_code: Remote = False,
+) -> None:
+    """Per-token log-probs under θ0, θb (and other checkpoints) and Δc = c(θb) - c(θ0)."""
+    from t3s.profile import profile_run, profile_standalone
+
+    kwargs = dict(
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        max_batch_tokens=batch_tokens,
+        chunk=chunk,
+    )
+    if run is not None:
+        if data is not None or out_path is not None:
+            raise T3SError("--run scores the run's own corpus into RUN/profile; drop --data and --out")
+        extra = _parse_models(model or []) if model else {}
+        summary = profile_run(run, steps=step or [], all_steps=all_steps, extra=extra, **kwargs)
+        where = Path(run) / "profile" / "profile.parquet"
+    else:
+        if not model or data is None or out_path is None:
+            raise T3SError("standalone profile needs --model (one or more), --data and --out")
+        summary = profile_standalone(
+            _parse_models(model), data, out_path, _tokenize_config(template, max_length, overlong), **kwargs
+        )
+        where = out_path
+    delta = summary.get("delta")
+    if delta:
+        out.print(
+            f"Δc: anchor share (Δc > 0) {delta['anchor_share']:.3f}, mean {delta['mean']:+.4f}",
+            highlight=False,
+        )
+    out.print(f"profile -> {where}", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except T3SError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; run the same command again to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Teacher-forced per-token log-probabilities, memory-bounded: the one place that knows about shifting.
+
+For a sequence x, position i holds c_i = log p(x_i | x_<i): the logits that predict x_i come from
+the hidden state at i - 1. Only the hidden states of scored positions go through the output
+layer, a chunk of positions at a time, so the extra memory is O(chunk x vocab) whatever the batch
+and sequence lengths (32K-token traces with 150K vocabularies stay within a few GB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from t3s.errors import T3SError
+from t3s.tokens import TokenizedExample
+
+
+def _finish_logits(model: Any, logits: torch.Tensor) -> torch.Tensor:
+    """Apply the output transformations some architectures put after the output layer."""
+    config = model.config
+    if getattr(config, "logit_scale", None) is not None:  # Cohere
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None) is not None:  # Granite
+        logits = logits / config.logits_scaling
+    cap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The last hidden states of the decoder (before the output layer), [batch, seq, hidden]."""
+    decoder = model.get_decoder()
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state
+
+
+def gather_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log p(target_j | hidden_j) for rows of `hidden` [n, h], computed `chunk` rows at a time."""
+    head = model.get_output_embeddings()
+    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    for s in range(0, targets.shape[0], chunk):
+        logits = _finish_logits(model, head(hidden[s : s + chunk]).float())
+        out[s : s + chunk] = torch.log_softmax(logits, dim=-1).gather(-1, targets[s : s + chunk, None])[:, 0]
+        del logits
+    return out
+
+
+def batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Group indices (longest first) so that each padded batch holds at most `max_tokens` tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def _positions(items: Sequence[TokenizedExample]) -> tuple[list[int], list[int]]:
+    """Batch rows and positions scored: response positions with at least one token of context."""
+    rows, cols = [], []
+    for b, t in enumerate(items):
+        span = range(max(t.response_start, 1), t.response_end)
+        rows.extend([b] * len(span))
+        cols.extend(span)
+    return rows, cols
+
+
+@torch.inference_mode()
+def score_batch(model: Any, items: Sequence[TokenizedExample], chunk: int = 1024) -> list[np.ndarray]:
+    """Per-token log-probs for a batch: one float32 array per example, NaN outside the response."""
+    device = next(model.parameters()).device
+    width = max(len(t.input_ids) for t in items)
+    ids = torch.zeros((len(items), width), dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for b, t in enumerate(items):
+        ids[b, : len(t.input_ids)] = torch.tensor(t.input_ids)
+        mask[b, : len(t.input_ids)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    rows, cols = _positions(items)
+    out = [np.full(len(t.input_ids), np.nan, dtype=np.float32) for t in items]
+    if not rows:
+        return out
+    hidden = hidden_states(model, ids, mask)
+    r = torch.tensor(rows, device=device)
+    c = torch.tensor(cols, device=device)
+    values = gather_logprobs(model, hidden[r, c - 1], ids[r, c], chunk).cpu().numpy()
+    offset = 0
+    for b, t in enumerate(items):
+        start = max(t.response_start, 1)
+        n = max(0, t.response_end - start)
+        out[b][start : start + n] = values[offset : offset + n]
+        offset += n
+    return out
+
+
+@torch.inference_mode()
+def check_against_full_forward(
+    model: Any, item: TokenizedExample, values: np.ndarray, max_len: int = 64
+) -> None:
+    """Compare the chunked path with a plain full-logit forward on a short prefix of one example.
+
+    Catches architectures that transform logits in a way `_finish_logits` does not know about.
+    """
+    end = min(len(item.input_ids), max(item.response_start + 1, max_len))
+    start = max(item.response_start, 1)
+    if end <= start:
+        return
+    device = next(model.parameters()).device
+    ids = torch.tensor([item.input_ids[:end]], device=device)
+    logits = model(input_ids=ids, use_cache=False).logits[0].float()
+    ref = torch.log_softmax(logits[start - 1 : end - 1], -1).gather(-1, ids[0, start:end, None])[:, 0]
+    got = torch.from_numpy(values[start:end]).to(device)
+    tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 0.1
+    err = (ref - got).abs().max().item()
+    if not err <= tol:
+        raise T3SError(
+            f"per-token log-probs of {type(model).__name__} differ from its full forward by {err:.3g} "
+            "(an output transformation t3s does not know); please report this model"
+        )
+
+
+def score(
+    model: Any,
+    items: Sequence[TokenizedExample],
+    *,
+    max_batch_tokens: int = 16384,
+    chunk: int = 1024,
+    on_batch: Any = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (index into `items`, per-token log-probs) for every example, longest batches first."""
+    checked = False
+    for batch in batches_by_tokens([len(t.input_ids) for t in items], max_batch_tokens):
+        values = score_batch(model, [items[i] for i in batch], chunk)
+        if not checked:
+            check_against_full_forward(model, items[batch[-1]], values[-1])
+            checked = True
+        yield from zip(batch, values, strict=True)
+        if on_batch is not None:
+            on_batch(sum(len(items[i].input_ids) for i in batch))

@@ -1,0 +1,386 @@
+"""The trajectory probe: plain SFT from θ0, training accuracy at checkpoints, the Imitation Bottleneck.
+
+At θ0 and every `eval.every` steps the probe saves a checkpoint, generates answers for the
+training prompts and verifies them, appending a row to `probe/metrics.jsonl`. θb is the
+checkpoint with the lowest training accuracy (ties: the earliest), θ0 excluded. In `online` mode
+only the latest checkpoint (to resume from), the running minimum and the steps asked to be kept
+stay on disk; in `all` mode every checkpoint stays (weights only, except the latest). Killing the
+probe and running the same command again resumes from the latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from t3s.confidence import score
+from t3s.data import Example
+from t3s.errors import T3SError
+from t3s.fingerprint import digest, model_fingerprint
+from t3s.generation import SamplingParams, TransformersBackend, VLLMBackend
+from t3s.io import append_jsonl, read_jsonl, write_json, write_jsonl
+from t3s.rundir import RunDir
+from t3s.sampling import SampleRecord, accuracy, sample_and_verify
+from t3s.tokens import TokenizeConfig, TokenizedExample, encode_prompt
+from t3s.training import (
+    TrainRecipe,
+    build_trainer,
+    checkpoint_step,
+    labels_for,
+    list_checkpoints,
+    prepare_model,
+    remove_incomplete_checkpoints,
+    sft_dataset,
+    strip_training_state,
+)
+from t3s.verify import VerifierPool, load_verifier
+
+
+class ProbeEval(BaseModel):
+    """How training accuracy is measured at each evaluated checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+    every: int = Field(1, ge=1, description="evaluate every N optimizer steps")
+    prompts: int | None = Field(None, ge=1, description="a seeded subset of training prompts (default: all)")
+    samples: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(1024, ge=1)
+    batch_size: int = Field(32, ge=1)
+    backend: Literal["transformers", "vllm"] = "transformers"
+    verifier: str = "math"
+    seed: int = 0
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.samples, self.temperature, self.top_p, self.max_new_tokens, self.seed)
+
+
+class ProbeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["online", "all"] = "online"
+    fixed_step: int | None = Field(None, ge=1, description="T3S-simple: θb is this step, no accuracy search")
+    keep_steps: list[int] = Field(default_factory=list, description="checkpoints kept in online mode too")
+    eval: ProbeEval = Field(default_factory=ProbeEval)
+
+
+def choose_bottleneck(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluated step > 0 with the lowest training accuracy; ties go to the earliest step."""
+    candidates = [r for r in rows if r["step"] > 0 and r.get("train_accuracy") is not None]
+    if not candidates:
+        raise T3SError("no evaluated checkpoint after step 0: cannot choose the Imitation Bottleneck")
+    return min(candidates, key=lambda r: (r["train_accuracy"], r["step"]))
+
+
+def save_steps(recipe: TrainRecipe, settings: ProbeSettings) -> set[int]:
+    steps = {recipe.steps, *settings.keep_steps}
+    if settings.fixed_step is not None:
+        if settings.fixed_step > recipe.steps:
+            raise T3SError(f"fixed_step {settings.fixed_step} is beyond the probe's {recipe.steps} steps")
+        steps.add(settings.fixed_step)
+    else:
+        steps.update(range(settings.eval.every, recipe.steps + 1, settings.eval.every))
+    return steps
+
+
+class AccuracyProbe:
+    """Measures training accuracy (and teacher-forced loss) of a model on a fixed prompt subset."""
+
+    def __init__(
+        self,
+        run: RunDir,
+        examples: Sequence[Example],
+        items: Sequence[TokenizedExample],
+        tokenizer: Any,
+        template: Any,
+        settings: ProbeEval,
+    ) -> None:
+        self.run, self.tokenizer, self.settings = run, tokenizer, settings
+        index = list(range(len(items)))
+        if settings.prompts is not None and settings.prompts < len(index):
+            index = sorted(random.Random(settings.seed).sample(index, settings.prompts))
+        by_id = {e.id: e for e in examples}
+        self.items = [items[i] for i in index]
+        self.examples = [by_id[t.id] for t in self.items]
+        self.prompts = [encode_prompt(tokenizer, e.prompt, template) for e in self.examples]
+        self.verifier = VerifierPool(load_verifier(settings.verifier))
+
+    def samples_path(self, step: int) -> Path:
+        return self.run.probe_dir / "samples" / f"step-{step:05d}.jsonl"
+
+    def _local_measure(self, model: Any, checkpoint: Path | None, index: Sequence[int]) -> list[Any]:
+        ids = [self.examples[i].id for i in index]
+        prompts = [self.prompts[i] for i in index]
+        golds = [self.examples[i].answer for i in index]
+        if self.settings.backend == "vllm":
+            if checkpoint is None:
+                raise T3SError("eval backend 'vllm' needs a saved checkpoint")
+            backend: Any = VLLMBackend(str(checkpoint), gpu_memory_utilization=0.3)
+        else:
+            backend = TransformersBackend(
+                model, self.tokenizer, self.settings.batch_size, progress="train accuracy"
+            )
+        records = sample_and_verify(backend, ids, prompts, golds, self.settings.sampling(), self.verifier)
+        del backend
+        was_training = model.training
+        model.eval()
+        nll = [-float(np.nansum(v)) for _, v in sorted(score(model, [self.items[i] for i in index]))]
+        model.train(was_training)
+        tokens = [self.items[i].response_end - self.items[i].response_start for i in index]
+        return [records, nll, tokens]
+
+    def measure(self, model: Any, step: int, checkpoint: Path | None = None) -> dict[str, Any] | None:
+        """Measure on every process (each a share of the prompts); the main process gets the row."""
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
+
+        state = PartialState()
+        with state.split_between_processes(list(range(len(self.items)))) as mine:
+            local = self._local_measure(model, checkpoint, mine)
+        parts = gather_object([local]) if state.num_processes > 1 else [local]
+        if not state.is_main_process:
+            return None
+        records: list[SampleRecord] = [r for p in parts for r in p[0]]
+        nll = sum(sum(p[1]) for p in parts)
+        tokens = sum(sum(p[2]) for p in parts)
+        write_jsonl(self.samples_path(step), [r.to_dict() for r in records])
+        return {
+            "step": step,
+            "train_accuracy": accuracy(records),
+            "teacher_forced_loss": nll / max(tokens, 1),
+            "prompts": len(self.items),
+            "samples": len(records),
+            "truncated": sum(r.finish_reason == "length" for r in records),
+            "mean_tokens": float(np.mean([r.num_tokens for r in records])),
+        }
+
+
+def _train_loss(log_history: Sequence[dict[str, Any]], step: int) -> float | None:
+    for row in reversed(log_history):
+        if row.get("step") == step and "loss" in row:
+            return float(row["loss"])
+    return None
+
+
+class Probe:
+    """State shared by the callback and the driver: metrics, pruning, the running minimum."""
+
+    def __init__(
+        self, run: RunDir, settings: ProbeSettings, recipe: TrainRecipe, accuracy_probe: AccuracyProbe | None
+    ) -> None:
+        self.run, self.settings, self.recipe = run, settings, recipe
+        self.accuracy = accuracy_probe
+        self.save_steps = save_steps(recipe, settings)
+        # Wall time counts from the probe's first start, so a resumed probe's times stay comparable.
+        self.started = float(run.stage("probe").get("first_started", time.time()))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.run.metrics)
+
+    def evaluated(self) -> set[int]:
+        return {r["step"] for r in self.rows()}
+
+    def needs_eval(self, step: int) -> bool:
+        if self.accuracy is None:
+            return False
+        return (
+            step == 0
+            or (self.settings.fixed_step is None and step % self.settings.eval.every == 0)
+            or (step == self.recipe.steps)
+        )
+
+    def record(self, model: Any, step: int, loss: float | None, checkpoint: Path | None) -> None:
+        from accelerate import PartialState
+
+        if not self.needs_eval(step) or step in self.evaluated():
+            return
+        assert self.accuracy is not None
+        row = self.accuracy.measure(model, step, checkpoint)
+        if PartialState().is_main_process and row is not None:
+            row = {"step": step, "train_loss": loss, **{k: v for k, v in row.items() if k != "step"}}
+            row["wall_time"] = round(time.time() - self.started, 2)
+            append_jsonl(self.run.metrics, row)
+
+    def keep(self) -> set[int]:
+        keep = {*self.settings.keep_steps}
+        if self.settings.fixed_step is not None:
+            keep.add(self.settings.fixed_step)
+        rows = [r for r in self.rows() if r["step"] > 0]
+        if rows:
+            keep.add(choose_bottleneck(rows)["step"])
+        return keep
+
+    def prune(self) -> None:
+        """Strip training state from all but the latest checkpoint; online mode deletes the unneeded."""
+        from accelerate import PartialState
+
+        if not PartialState().is_main_process:
+            return
+        checkpoints = list_checkpoints(self.run.checkpoints_dir)
+        if not checkpoints:
+            return
+        keep = self.keep()
+        for ckpt in checkpoints[:-1]:  # the latest keeps its optimizer state to resume from
+            if self.settings.mode == "online" and checkpoint_step(ckpt) not in keep:
+                shutil.rmtree(ckpt, ignore_errors=True)
+            else:
+                strip_training_state(ckpt)
+
+
+def _make_callback(probe: Probe) -> Any:
+    from transformers import TrainerCallback
+
+    class ProbeCallback(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            control.should_save = state.global_step in probe.save_steps
+            return control
+
+        def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
+            step = state.global_step
+            ckpt = Path(args.output_dir) / f"checkpoint-{step}"
+            probe.record(model, step, _train_loss(state.log_history, step), ckpt)
+            probe.prune()
+            return control
+
+    return ProbeCallback()
+
+
+def probe_fingerprint(tokens_fp: str, model: str, recipe: TrainRecipe, settings: ProbeSettings) -> str:
+    # The mode and kept steps decide only what stays on disk, not the trajectory.
+    measured = settings.model_dump(exclude={"mode", "keep_steps"})
+    return digest(tokens_fp, model_fingerprint(model), recipe.model_dump(exclude={"report_to"}), measured)
+
+
+def run_probe(
+    run: RunDir,
+    model_path: str,
+    examples: Sequence[Example],
+    items: Sequence[TokenizedExample],
+    tokenizer: Any,
+    tokenize_config: TokenizeConfig,
+    recipe: TrainRecipe,
+    settings: ProbeSettings,
+    *,
+    tokens_fp: str,
+    trust_remote_code: bool = False,
+    restart: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) the probe and return the bottleneck record."""
+    from accelerate import PartialState
+
+    from t3s.models import load_model
+
+    state = PartialState()
+    if Path(model_path).is_dir():  # recorded absolute, so the run works from any directory
+        model_path = str(Path(model_path).resolve())
+    fp = probe_fingerprint(tokens_fp, model_path, recipe, settings)
+    info = run.stage("probe")
+    if (
+        info.get("status") == "done"
+        and info.get("fingerprint") == fp
+        and (run.probe_dir / "bottleneck.json").exists()
+    ):
+        return run.manifest()["probe"]
+    if info and info.get("fingerprint") not in (None, fp) and not restart:
+        raise T3SError(
+            f"the probe in {run.root} was started with another model, corpus or recipe; "
+            "pass --restart to discard it, or use a new run directory"
+        )
+    if restart:
+        info = {}
+        if state.is_main_process:
+            shutil.rmtree(run.probe_dir, ignore_errors=True)
+    state.wait_for_everyone()
+    run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    if state.is_main_process:
+        remove_incomplete_checkpoints(run.checkpoints_dir)
+        first = run.stage("probe").get("first_started") if info.get("fingerprint") == fp else None
+        run.set_stage(
+            "probe", status="running", fingerprint=fp, model=model_path, first_started=first or time.time()
+        )
+    state.wait_for_everyone()
+
+    import torch
+
+    dtype = torch.bfloat16 if recipe.param_dtype == "bfloat16" else torch.float32
+    model = load_model(model_path, device=state.device, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = prepare_model(model, recipe)
+    evaluating = settings.fixed_step is None
+    acc = (
+        AccuracyProbe(run, examples, items, tokenizer, tokenize_config.template, settings.eval)
+        if evaluating
+        else None
+    )
+    probe = Probe(run, settings, recipe, acc)
+    probe.record(model, 0, None, None)
+
+    # A checkpoint saved just before a kill may not have been measured yet.
+    latest = list_checkpoints(run.checkpoints_dir, resumable=True)
+    if (
+        latest
+        and probe.needs_eval(checkpoint_step(latest[-1]))
+        and checkpoint_step(latest[-1]) not in probe.evaluated()
+    ):
+        saved = load_model(
+            str(latest[-1]), device=state.device, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        probe.record(saved, checkpoint_step(latest[-1]), None, latest[-1])
+        del saved
+    if not latest or checkpoint_step(latest[-1]) < recipe.steps:
+        dataset = sft_dataset(items, [labels_for(t) for t in items])
+        trainer = build_trainer(
+            model,
+            tokenizer,
+            dataset,
+            recipe,
+            run.checkpoints_dir,
+            callbacks=[_make_callback(probe)],
+            save_steps=recipe.steps + 1,
+        )
+        trainer.train(resume_from_checkpoint=str(latest[-1]) if latest else None)
+    probe.prune()
+    state.wait_for_everyone()
+    return _finish(run, probe, model_path, fp)
+
+
+def _finish(run: RunDir, probe: Probe, model_path: str, fp: str) -> dict[str, Any]:
+    from accelerate import PartialState
+
+    settings, recipe = probe.settings, probe.recipe
+    if settings.fixed_step is not None:
+        bottleneck: dict[str, Any] = {"step": settings.fixed_step, "selected_by": "fixed_step"}
+        row = next((r for r in probe.rows() if r["step"] == settings.fixed_step), None)
+        bottleneck["train_accuracy"] = row["train_accuracy"] if row else None
+    else:
+        best = choose_bottleneck(probe.rows())
+        bottleneck = {
+            "step": best["step"],
+            "train_accuracy": best["train_accuracy"],
+            "selected_by": "min_train_accuracy",
+        }
+    checkpoints = {
+        f"step{checkpoint_step(p)}": str(p.relative_to(run.root))
+        for p in list_checkpoints(run.checkpoints_dir)
+    }
+    record = {
+        **bottleneck,
+        "base": model_path,
+        "bottleneck": checkpoints.get(f"step{bottleneck['step']}"),
+        "final": checkpoints.get(f"step{recipe.steps}"),
+        "final_step": recipe.steps,
+        "mode": settings.mode,
+        "checkpoints": checkpoints,
+    }
+    if record["bottleneck"] is None:
+        raise T3SError(f"the bottleneck checkpoint (step {bottleneck['step']}) is not on disk")
+    if PartialState().is_main_process:
+        write_json(run.probe_dir / "bottleneck.json", record)
+        run.record("probe", record)
+        run.set_stage("probe", status="done", fingerprint=fp, seconds=round(time.time() - probe.started, 2))
+    return record

@@ -1,0 +1,270 @@
+"""The profile stage: per-token log-probs of every response token under several checkpoints, and Δc.
+
+Artifact (Parquet, one row per example): `id`, `input_ids`, `response_start`, `response_end`,
+one `logprob_<name>` list<float32> column per scored model (same length as `input_ids`, NaN
+outside the response) and `delta` = logprob_bottleneck - logprob_base when both are scored.
+Scores are cached per (tokens, checkpoint) fingerprint in shards of examples, so a killed
+profile resumes where it stopped and a rerun recomputes nothing; under `accelerate launch` each
+process scores its own shards.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from t3s.confidence import score
+from t3s.errors import T3SError
+from t3s.fingerprint import digest, model_fingerprint
+from t3s.io import write_json, write_parquet
+from t3s.progress import bar
+from t3s.tokens import TOKENS_SCHEMA, TokenizedExample
+
+_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise T3SError(f"checkpoint name {name!r}: use letters, digits and underscores only")
+    return name
+
+
+def _shards(n: int, size: int) -> list[range]:
+    return [range(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def score_checkpoint(
+    model_path: str,
+    items: Sequence[TokenizedExample],
+    tokens_fp: str,
+    cache_dir: Path,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    max_batch_tokens: int = 16384,
+    chunk: int = 1024,
+    shard_size: int = 64,
+    label: str = "",
+) -> list[np.ndarray]:
+    """Per-token log-probs of `items` under one checkpoint, from cache where already computed."""
+    from accelerate import PartialState
+
+    from t3s.models import load_model, resolve_device, resolve_dtype
+
+    state = PartialState()
+    fp = digest(tokens_fp, model_fingerprint(model_path))
+    part_dir = cache_dir / fp
+    shards = _shards(len(items), shard_size)
+    paths = [part_dir / f"part-{k:05d}.parquet" for k in range(len(shards))]
+    mine = [k for k in range(len(shards)) if k % state.num_processes == state.process_index]
+    todo = [k for k in mine if not paths[k].exists()]
+    if todo:
+        dev = resolve_device(device) if device else state.device
+        model = load_model(
+            model_path, device=dev, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code
+        )
+        total = sum(len(items[i].input_ids) for k in todo for i in shards[k])
+        with bar(f"profile {label}".strip(), total=total, unit="tok") as progress:
+            for k in todo:
+                sub = [items[i] for i in shards[k]]
+                values: list[Any] = [None] * len(sub)
+                for i, v in score(
+                    model, sub, max_batch_tokens=max_batch_tokens, chunk=chunk, on_batch=progress.advance
+                ):
+                    values[i] = v
+                table = pa.table(
+                    {"id": [t.id for t in sub], "logprob": [v.tolist() for v in values]},
+                    schema=pa.schema([("id", pa.string()), ("logprob", pa.list_(pa.float32()))]),
+                )
+                write_parquet(paths[k], table)
+        write_json(part_dir / "source.json", {"model": model_path, "tokens": tokens_fp})
+        del model
+    state.wait_for_everyone()
+    out: list[np.ndarray] = []
+    for k, path in enumerate(paths):
+        column = pq.read_table(path).column("logprob").to_pylist()
+        if len(column) != len(shards[k]):
+            raise T3SError(
+                f"{path}: holds {len(column)} rows, expected {len(shards[k])}; delete it and rerun"
+            )
+        out.extend(np.asarray(v, dtype=np.float32) for v in column)
+    return out
+
+
+def profile_table(items: Sequence[TokenizedExample], scores: dict[str, list[np.ndarray]]) -> pa.Table:
+    base = pa.table(
+        {
+            "id": [t.id for t in items],
+            "input_ids": [t.input_ids for t in items],
+            "response_start": [t.response_start for t in items],
+            "response_end": [t.response_end for t in items],
+        },
+        schema=pa.schema([f for f in TOKENS_SCHEMA if f.name != "truncated"]),
+    )
+    for name, values in scores.items():
+        base = base.append_column(
+            f"logprob_{name}", pa.array([v.tolist() for v in values], type=pa.list_(pa.float32()))
+        )
+    if "base" in scores and "bottleneck" in scores:
+        delta = [b - a for a, b in zip(scores["base"], scores["bottleneck"], strict=True)]
+        base = base.append_column("delta", pa.array([d.tolist() for d in delta], type=pa.list_(pa.float32())))
+    return base
+
+
+def build_profile(
+    models: dict[str, str],
+    items: Sequence[TokenizedExample],
+    tokens_fp: str,
+    out: Path,
+    cache_dir: Path,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Score every named checkpoint and write the profile Parquet; returns its summary."""
+    from accelerate import PartialState
+
+    scores = {
+        check_name(name): score_checkpoint(path, items, tokens_fp, cache_dir, label=name, **kwargs)
+        for name, path in models.items()
+    }
+    table = profile_table(items, scores)
+    summary: dict[str, Any] = {
+        "examples": len(items),
+        "response_tokens": int(sum(t.response_end - t.response_start for t in items)),
+        "models": models,
+        "fingerprints": {name: model_fingerprint(path) for name, path in models.items()},
+    }
+    if "delta" in table.column_names:
+        flat = np.concatenate([np.asarray(d, dtype=np.float32) for d in table.column("delta").to_pylist()])
+        flat = flat[~np.isnan(flat)]
+        summary["delta"] = {
+            "mean": float(flat.mean()),
+            "anchor_share": float((flat > 0).mean()),
+            "quantiles": {str(q): float(np.quantile(flat, q)) for q in (0.01, 0.1, 0.5, 0.9, 0.99)},
+        }
+    if PartialState().is_main_process:
+        write_parquet(out, table)
+        write_json(out.with_suffix(".json"), summary)
+    return summary
+
+
+def read_profile(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        raise T3SError(f"{path}: no profile here; run `t3s profile` first")
+    return pq.read_table(path)
+
+
+def check_same_tokenizer(
+    models: dict[str, str], expected: str | None, trust_remote_code: bool = False
+) -> str:
+    """All scored models must share one tokenizer (cross-model selection); returns its fingerprint."""
+    from t3s.fingerprint import tokenizer_fingerprint
+    from t3s.models import load_tokenizer
+
+    for name, path in models.items():
+        fp = tokenizer_fingerprint(load_tokenizer(path, trust_remote_code=trust_remote_code))
+        if expected is None:
+            expected = fp
+        elif fp != expected:
+            raise T3SError(
+                f"model {name}={path}: its tokenizer differs from the run's (fingerprint {fp} != {expected}); "
+                "Δc can only compare models that share a tokenizer"
+            )
+    assert expected is not None
+    return expected
+
+
+def run_models(run: Any, steps: Sequence[int] = (), all_steps: bool = False) -> dict[str, str]:
+    """base, bottleneck and the requested probe checkpoints of a run, by profile name."""
+    probe = run.manifest().get("probe")
+    if not probe or run.stage("probe").get("status") != "done":
+        raise T3SError(f"run {run.root} has no finished probe; run `t3s probe` first")
+    models = {"base": run.resolve(probe["base"]), "bottleneck": run.resolve(probe["bottleneck"])}
+    available = {name: run.resolve(path) for name, path in probe.get("checkpoints", {}).items()}
+    if all_steps:
+        models.update(available)
+    for k in steps:
+        if f"step{k}" not in available:
+            raise T3SError(
+                f"checkpoint step {k} is not on disk in {run.root} (on disk: {sorted(available) or 'none'}); "
+                "keep it with --keep-step or --mode all when probing"
+            )
+        models[f"step{k}"] = available[f"step{k}"]
+    return models
+
+
+def profile_run(
+    run_path: str | Path,
+    *,
+    steps: Sequence[int] = (),
+    all_steps: bool = False,
+    extra: dict[str, str] | None = None,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Profile a run's corpus under θ0, θb and the asked checkpoints into RUN/profile/profile.parquet."""
+    from t3s.rundir import RunDir
+    from t3s.tokens import read_tokens, tokens_fingerprint
+
+    run = RunDir(run_path)
+    models = run_models(run, steps, all_steps)
+    if extra:
+        check_same_tokenizer(
+            extra, run.manifest().get("fingerprints", {}).get("tokenizer"), trust_remote_code
+        )
+        models.update(extra)
+    items = read_tokens(run.tokens)
+    tokens_fp = tokens_fingerprint(items)
+    fp = digest(tokens_fp, {name: model_fingerprint(path) for name, path in models.items()})
+    if run.stage_done("profile", fp) and run.profile.exists():
+        return run.stage("profile")["summary"]
+    with run.running("profile", fp) as extras:
+        summary = build_profile(
+            models,
+            items,
+            tokens_fp,
+            run.profile,
+            run.profile_dir / "cache",
+            trust_remote_code=trust_remote_code,
+            **kwargs,
+        )
+        extras["summary"] = summary
+    return summary
+
+
+def profile_standalone(
+    models: dict[str, str],
+    data: str | Path,
+    out: str | Path,
+    config: Any,
+    *,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Profile any corpus under any models sharing a tokenizer, without a run directory."""
+    from t3s.data import load_corpus
+    from t3s.models import load_tokenizer
+    from t3s.tokens import tokenize_corpus, tokens_fingerprint
+
+    out = Path(out)
+    if out.suffix != ".parquet":
+        raise T3SError(f"--out {out}: the profile is a .parquet file")
+    check_same_tokenizer(models, None, trust_remote_code)
+    tokenizer = load_tokenizer(next(iter(models.values())), trust_remote_code=trust_remote_code)
+    items, _ = tokenize_corpus(tokenizer, load_corpus(data), config)
+    return build_profile(
+        models,
+        items,
+        tokens_fingerprint(items),
+        out,
+        out.parent / f".{out.stem}.cache",
+        trust_remote_code=trust_remote_code,
+        **kwargs,
+    )

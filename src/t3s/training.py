@@ -1,0 +1,232 @@
+"""Supervised fine-tuning on pre-tokenized `input_ids` + `labels` with HF Trainer.
+
+The same code trains the probe (plain SFT) and every masked policy: a mask is only `labels`
+set to -100. Trainer counts the supervised tokens of all micro-batches of an optimizer step on
+all processes (`num_items_in_batch`, `average_tokens_across_devices`) and the model's loss sums
+token losses and divides by that count, so the loss is the mean over kept tokens of the whole
+global batch and masking never rescales the step size. Runs under `accelerate launch` (DDP, FSDP,
+DeepSpeed) unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from t3s.errors import T3SError
+from t3s.tokens import TokenizedExample
+
+IGNORE = -100
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class TrainRecipe(BaseModel):
+    """One SFT recipe, shared by the probe and every retraining so that only the mask differs."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(50, ge=1, description="optimizer steps")
+    batch_size: int = Field(64, ge=1, description="global batch size in examples")
+    micro_batch_size: int = Field(8, ge=1, description="examples per device per forward pass")
+    lr: float = Field(1e-5, gt=0)
+    scheduler: str = "constant_with_warmup"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.95, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 42
+    lora: LoraSettings | None = None
+    freeze_embeddings: bool = False
+    freeze_layers: int = Field(0, ge=0, description="freeze the lowest N decoder layers")
+    gradient_checkpointing: bool = False
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    report_to: list[str] = Field(default_factory=list)
+    optim: str = "adamw_torch"
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainRecipe:
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}"
+            )
+        return self
+
+
+def labels_for(item: TokenizedExample, keep: np.ndarray | None = None) -> list[int]:
+    """Labels of one example: the token where it is trained (a response token kept by `keep`), else -100.
+
+    `keep` is a 0/1 array over all positions of `item.input_ids`; None keeps the whole response.
+    """
+    ids = np.asarray(item.input_ids, dtype=np.int64)
+    trained = np.zeros(len(ids), dtype=bool)
+    trained[item.response_start : item.response_end] = True
+    if keep is not None:
+        trained &= np.asarray(keep, dtype=bool)
+    return np.where(trained, ids, IGNORE).tolist()
+
+
+def _freeze(model: Any, recipe: TrainRecipe) -> None:
+    if recipe.freeze_embeddings:
+        for p in model.get_input_embeddings().parameters():
+            p.requires_grad_(False)
+    if recipe.freeze_layers:
+        layers = getattr(model.get_decoder(), "layers", None)
+        if layers is None:
+            raise T3SError(f"freeze_layers: cannot find the decoder layers of {type(model).__name__}")
+        if recipe.freeze_layers > len(layers):
+            raise T3SError(f"freeze_layers {recipe.freeze_layers} exceeds the model's {len(layers)} layers")
+        for layer in layers[: recipe.freeze_layers]:
+            for p in layer.parameters():
+                p.requires_grad_(False)
+
+
+def prepare_model(model: Any, recipe: TrainRecipe) -> Any:
+    """Apply freezing or LoRA as the recipe says."""
+    _freeze(model, recipe)
+    if recipe.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(
+            r=recipe.lora.r,
+            lora_alpha=recipe.lora.alpha,
+            lora_dropout=recipe.lora.dropout,
+            target_modules=recipe.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, cfg)
+    return model
+
+
+def world_size() -> int:
+    from accelerate import PartialState
+
+    return PartialState().num_processes
+
+
+def training_arguments(recipe: TrainRecipe, output_dir: Path, *, save_steps: int | None = None) -> Any:
+    from transformers import TrainingArguments
+
+    world = world_size()
+    per_step = recipe.micro_batch_size * world
+    if recipe.batch_size % per_step:
+        raise T3SError(
+            f"batch_size {recipe.batch_size} is not a multiple of micro_batch_size x processes = {per_step}"
+        )
+    cuda = torch.cuda.is_available()
+    bf16 = recipe.mixed_precision == "bf16" or (recipe.mixed_precision == "auto" and cuda)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=recipe.steps,
+        per_device_train_batch_size=recipe.micro_batch_size,
+        gradient_accumulation_steps=recipe.batch_size // per_step,
+        learning_rate=recipe.lr,
+        lr_scheduler_type=recipe.scheduler,
+        warmup_steps=recipe.warmup_steps,
+        weight_decay=recipe.weight_decay,
+        adam_beta1=recipe.adam_beta1,
+        adam_beta2=recipe.adam_beta2,
+        max_grad_norm=recipe.max_grad_norm,
+        optim=recipe.optim,
+        seed=recipe.seed,
+        bf16=bf16 and recipe.param_dtype == "float32",
+        use_cpu=not cuda,
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        logging_steps=1,
+        report_to=recipe.report_to or "none",
+        save_strategy="steps",
+        save_steps=save_steps or recipe.steps,
+        average_tokens_across_devices=True,
+        remove_unused_columns=True,
+        dataloader_drop_last=False,
+    )
+
+
+def sft_dataset(items: Sequence[TokenizedExample], labels: Sequence[list[int]] | None = None) -> Any:
+    import datasets
+
+    labels = labels if labels is not None else [labels_for(t) for t in items]
+    if not any(any(v != IGNORE for v in row) for row in labels):
+        raise T3SError("no token is left to train on: every label is -100")
+    return datasets.Dataset.from_dict({"input_ids": [t.input_ids for t in items], "labels": list(labels)})
+
+
+def build_trainer(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    recipe: TrainRecipe,
+    output_dir: Path,
+    *,
+    callbacks: Sequence[Any] = (),
+    save_steps: int | None = None,
+) -> Any:
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    tokenizer.padding_side = "right"
+    args = training_arguments(recipe, output_dir, save_steps=save_steps)
+    collator = DataCollatorForSeq2Seq(
+        tokenizer, padding=True, label_pad_token_id=IGNORE, pad_to_multiple_of=8
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def list_checkpoints(output_dir: Path, *, resumable: bool = False) -> list[Path]:
+    """Complete `checkpoint-N` directories in step order (Trainer writes trainer_state.json last)."""
+    if not output_dir.exists():
+        return []
+    found = []
+    for p in output_dir.glob("checkpoint-*"):
+        if not p.name.rsplit("-", 1)[1].isdigit() or not (p / "trainer_state.json").exists():
+            continue
+        if resumable and not (p / "optimizer.pt").exists():
+            continue
+        found.append(p)
+    return sorted(found, key=checkpoint_step)
+
+
+def remove_incomplete_checkpoints(output_dir: Path) -> None:
+    """A kill during a save leaves a checkpoint without trainer_state.json: it must not be resumed."""
+    for p in output_dir.glob("checkpoint-*"):
+        if p.is_dir() and not (p / "trainer_state.json").exists():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def strip_training_state(checkpoint: Path) -> None:
+    """Keep only the weights (and tokenizer, config) of a checkpoint that will never be resumed."""
+    for name in ("optimizer.pt", "scheduler.pt", "scaler.pt"):
+        (checkpoint / name).unlink(missing_ok=True)
+    for p in checkpoint.glob("rng_state*.pth"):
+        p.unlink(missing_ok=True)
+    for p in checkpoint.glob("global_step*"):  # DeepSpeed's optimizer shards
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def log_history_rows(trainer: Any) -> list[dict[str, Any]]:
+    """Per-step training log (loss, grad norm, lr) from Trainer's history, without the summary row."""
+    return [row for row in trainer.state.log_history if "loss" in row and math.isfinite(row["loss"])]

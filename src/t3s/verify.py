@@ -1,0 +1,108 @@
+"""Answer verification: math-verify by default, any `module:function` for other domains.
+
+Verifiers run in a pool of worker processes with a per-answer time limit: math-verify's own
+timeouts rely on `signal.alarm`, which works only in a process's main thread, and a pathological
+answer must not hang or crash a whole probe or evaluation.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.pool import Pool
+from typing import Any
+
+from t3s.errors import T3SError
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    extracted: str | None
+    error: str | None = None
+
+
+VerifyFn = Callable[[str, str], Verdict]
+
+
+def math_verify(gold: str, completion: str) -> Verdict:
+    """Parse the gold answer and the completion's final answer (last \\boxed{} first) and compare."""
+    from math_verify import parse, verify
+
+    gold_parsed = parse(gold)
+    if not gold_parsed:
+        return Verdict(False, None, f"gold answer {gold!r} cannot be parsed")
+    pred = parse(completion)
+    if not pred:
+        return Verdict(False, None)
+    return Verdict(bool(verify(gold_parsed, pred)), str(pred[-1]))
+
+
+def load_verifier(spec: str | None) -> VerifyFn:
+    """`None` or 'math' gives math-verify; 'package.module:function' a custom (gold, completion) -> Verdict."""
+    if spec in (None, "math"):
+        return math_verify
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise T3SError(f"verifier {spec!r}: cannot import it ({exc})") from exc
+    if not callable(fn):
+        raise T3SError(f"verifier {spec!r} is not callable")
+    return fn
+
+
+def _call(fn: VerifyFn, gold: str, completion: str) -> Verdict:
+    try:
+        out = fn(gold, completion)
+    except Exception as exc:  # a verifier bug on one answer marks that answer, not the run
+        return Verdict(False, None, f"{type(exc).__name__}: {exc}"[:200])
+    if isinstance(out, Verdict):
+        return out
+    if isinstance(out, bool):
+        return Verdict(out, None)
+    correct, extracted = out
+    return Verdict(bool(correct), None if extracted is None else str(extracted))
+
+
+class VerifierPool:
+    """Verify many (gold, completion) pairs in worker processes, each answer within `timeout` s."""
+
+    def __init__(self, fn: VerifyFn = math_verify, workers: int | None = None, timeout: float = 10.0) -> None:
+        self.fn = fn
+        self.workers = workers or max(1, min(4, len(os.sched_getaffinity(0))))
+        self.timeout = timeout
+        self._pool: Pool | None = None
+        atexit.register(self.close)
+
+    def _get_pool(self) -> Pool:
+        if self._pool is None:
+            # spawn: forking a process that holds torch threads can deadlock.
+            self._pool = mp.get_context("spawn").Pool(self.workers)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    def verify(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
+        if not pairs:
+            return []
+        pool = self._get_pool()
+        pending: list[Any] = [pool.apply_async(_call, (self.fn, g, c)) for g, c in pairs]
+        out: list[Verdict] = []
+        stuck = False
+        for job in pending:
+            try:
+                out.append(job.get(timeout=self.timeout))
+            except mp.TimeoutError:
+                out.append(Verdict(False, None, f"timeout after {self.timeout:g} s"))
+                stuck = True
+        if stuck:  # a worker is still busy with a pathological answer: replace the pool
+            self.close()
+        return out
