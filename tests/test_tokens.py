@@ -55,7 +55,7 @@ def test_overlong_error_truncate_and_drop(tokenizer) -> None:
 
 
 def test_prompt_longer_than_max_length_is_always_an_error(tokenizer) -> None:
-    with pytest.raises(T3SError, match="example 'e1': the prompt has .* tokens, not less than max length 8"):
+    with pytest.raises(T3SError, match=r"example .e1.: the prompt has .* tokens, not less than max length 8"):
         tokenize_example(tokenizer, EX, TokenizeConfig(max_length=8, overlong="drop"))
 
 

@@ -277,6 +277,10 @@ def profile(
     out.print(f"profile -> {where}", highlight=False)
 
 
+# -- commands defined in their own modules (each registers on `app` when imported) ---------------
+# (one import line per module, below)
+
+
 def main() -> None:
     try:
         app()
