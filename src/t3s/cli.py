@@ -285,7 +285,8 @@ def main() -> None:
     try:
         app()
     except T3SError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # Plain print: one line, never wrapped to the terminal width.
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted; run the same command again to resume")

@@ -145,7 +145,7 @@ def training_arguments(recipe: TrainRecipe, output_dir: Path, *, save_steps: int
         seed=recipe.seed,
         bf16=bf16 and recipe.param_dtype == "float32",
         use_cpu=not cuda,
-        gradient_checkpointing=recipe.gradient_checkpointing,
+        **_checkpointing_arg(TrainingArguments, recipe.gradient_checkpointing),
         logging_steps=1,
         report_to=recipe.report_to or "none",
         save_strategy="steps",
@@ -154,6 +154,14 @@ def training_arguments(recipe: TrainRecipe, output_dir: Path, *, save_steps: int
         remove_unused_columns=True,
         dataloader_drop_last=False,
     )
+
+
+def _checkpointing_arg(cls: Any, enabled: bool) -> dict[str, bool]:
+    """transformers renamed gradient_checkpointing to activation_checkpointing; pass whichever exists."""
+    if not enabled:
+        return {}
+    fields = getattr(cls, "__dataclass_fields__", {})
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": True}
 
 
 def sft_dataset(items: Sequence[TokenizedExample], labels: Sequence[list[int]] | None = None) -> Any:
