@@ -277,6 +277,118 @@ def profile(
     out.print(f"profile -> {where}", highlight=False)
 
 
+# -- select / export / train / rrt ---------------------------------------------------------------
+@app.command()
+def select(
+    run: Annotated[Path, typer.Option("--run", help="run directory with a profile")],
+    policy: Annotated[str, typer.Option(help="sft, t3s, inverse, static-high, static-low, random")],
+    threshold: Annotated[float, typer.Option(help="anchors: Δc > threshold (nats)")] = 0.0,
+    selector: Annotated[
+        str, typer.Option(help="profile column playing θb: bottleneck, stepK, ...")
+    ] = "bottleneck",
+    fraction: Annotated[
+        float | None, typer.Option(help="static/random: share of response tokens dropped")
+    ] = None,
+    match: Annotated[str | None, typer.Option(help="static/random: 't3s' drops the share t3s drops")] = None,
+    seed: Annotated[int, typer.Option(help="random policy seed")] = 0,
+    profile: Annotated[str | None, typer.Option(help="cross-model: a profile made by another model")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="output name under RUN/masks (default: from the policy)")
+    ] = None,
+) -> None:
+    """Turn Δc into per-token loss masks: input_ids + labels (-100) + loss_mask, as Parquet and HF dataset."""
+    from t3s.selection import POLICIES, SelectOptions, select_run
+
+    if policy not in POLICIES:
+        raise T3SError(f"--policy {policy!r} does not exist; use one of {', '.join(POLICIES)}")
+    options = _pydantic(
+        SelectOptions,
+        policy=policy,
+        threshold=threshold,
+        selector=selector,
+        fraction=fraction,
+        match=match,
+        seed=seed,
+        profile=profile,
+        name=name,
+    )
+    stats = select_run(run, options)
+    out.print(
+        f"{options.output_name()}: keeps {stats['kept_tokens']:,} of {stats['response_tokens']:,} response tokens "
+        f"({stats['kept_fraction']:.1%}) -> {Path(run) / 'masks' / options.output_name()}",
+        highlight=False,
+    )
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Option("--run", help="run directory")],
+    policy: Annotated[str, typer.Option(help="masks name under RUN/masks")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="output directory")],
+    format: Annotated[str, typer.Option(help="hf (TRL, axolotl, LLaMA-Factory), verl, jsonl")] = "hf",
+) -> None:
+    """Check a masked dataset and write it for another trainer (see the USAGE.md written beside it)."""
+    from t3s.export import export_masks
+    from t3s.rundir import RunDir
+
+    summary = export_masks(RunDir(run).masks_dir(policy), out_dir, format)  # type: ignore[arg-type]
+    out.print(
+        f"checked {summary['examples']} examples, {summary['trained_tokens']:,} trained tokens -> {out_dir}",
+        highlight=False,
+    )
+
+
+@app.command()
+def train(
+    run: Annotated[Path, typer.Option("--run", help="run directory with masks")],
+    policy: Annotated[str, typer.Option(help="masks name under RUN/masks")],
+    save_every: Annotated[int, typer.Option(help="checkpoint to resume from every N steps")] = 10,
+    report_to: Annotated[list[str] | None, typer.Option(help="HF Trainer report_to")] = None,
+    trust_remote_code: Remote = False,
+) -> None:
+    """Train θ0 on a masked dataset with the probe's recipe; saves RUN/train/<policy>/model."""
+    from t3s.retrain import run_recipe, train_policy
+    from t3s.rundir import RunDir
+
+    recipe = run_recipe(RunDir(run))
+    if report_to:
+        recipe = recipe.model_copy(update={"report_to": report_to})
+    summary = train_policy(
+        run, policy, recipe=recipe, save_every=save_every, trust_remote_code=trust_remote_code
+    )
+    out.print(
+        f"{policy}: final loss {summary['final_loss']} -> {Path(run) / 'train' / policy / 'model'}",
+        highlight=False,
+    )
+
+
+@app.command()
+def rrt(
+    base: Annotated[Path, typer.Option("--base", help="θ0")],
+    bottleneck: Annotated[Path, typer.Option("--bottleneck", help="θb")],
+    final: Annotated[Path, typer.Option("--final", help="θf, the final SFT checkpoint")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="output directory")],
+) -> None:
+    """Recovering Residual Transfer: write θ0 + (θf - θb), shard by shard."""
+    from t3s.rrt import rrt as rrt_fn
+
+    summary = rrt_fn(base, bottleneck, final, out_dir)
+    out.print(f"RRT: {summary['tensors']} tensors -> {out_dir}", highlight=False)
+
+
+@app.command(name="run")
+def run_config(
+    config: Annotated[Path, typer.Argument(help="YAML run configuration (see examples/)")],
+) -> None:
+    """Run the whole chain (probe, profile, select, train each policy, RRT), skipping finished stages."""
+    from t3s.config import load_config
+    from t3s.pipeline import run_pipeline
+
+    models = run_pipeline(load_config(config))
+    for name, path in models.items():
+        out.print(f"{name:>14}: {path}", highlight=False)
+
+
 # -- commands defined in their own modules (each registers on `app` when imported) ---------------
 # (one import line per module, below)
 

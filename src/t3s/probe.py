@@ -304,6 +304,9 @@ def run_probe(
         run.set_stage(
             "probe", status="running", fingerprint=fp, model=model_path, first_started=first or time.time()
         )
+        # Every retraining reuses this recipe, so that only the mask differs from the probe's SFT.
+        run.record("recipe", recipe.model_dump())
+        run.record("probe_settings", settings.model_dump())
     state.wait_for_everyone()
 
     import torch

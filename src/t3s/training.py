@@ -118,7 +118,9 @@ def world_size() -> int:
     return PartialState().num_processes
 
 
-def training_arguments(recipe: TrainRecipe, output_dir: Path, *, save_steps: int | None = None) -> Any:
+def training_arguments(
+    recipe: TrainRecipe, output_dir: Path, *, save_steps: int | None = None, save_total_limit: int | None = None
+) -> Any:
     from transformers import TrainingArguments
 
     world = world_size()
@@ -150,6 +152,7 @@ def training_arguments(recipe: TrainRecipe, output_dir: Path, *, save_steps: int
         report_to=recipe.report_to or "none",
         save_strategy="steps",
         save_steps=save_steps or recipe.steps,
+        save_total_limit=save_total_limit,
         average_tokens_across_devices=True,
         remove_unused_columns=True,
         dataloader_drop_last=False,
@@ -182,11 +185,12 @@ def build_trainer(
     *,
     callbacks: Sequence[Any] = (),
     save_steps: int | None = None,
+    save_total_limit: int | None = None,
 ) -> Any:
     from transformers import DataCollatorForSeq2Seq, Trainer
 
     tokenizer.padding_side = "right"
-    args = training_arguments(recipe, output_dir, save_steps=save_steps)
+    args = training_arguments(recipe, output_dir, save_steps=save_steps, save_total_limit=save_total_limit)
     collator = DataCollatorForSeq2Seq(
         tokenizer, padding=True, label_pad_token_id=IGNORE, pad_to_multiple_of=8
     )

@@ -1,0 +1,92 @@
+"""The run configuration of `t3s run CONFIG.yaml`: validated, echoed into the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from t3s.errors import T3SError
+from t3s.probe import ProbeSettings
+from t3s.selection import SelectOptions
+from t3s.tokens import TokenizeConfig
+from t3s.training import TrainRecipe
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenizeSettings(_Strict):
+    template: Literal["auto", "chat", "plain"] = "auto"
+    max_length: int = Field(4096, ge=2)
+    overlong: Literal["error", "truncate", "drop"] = "error"
+
+    def config(self) -> TokenizeConfig:
+        return TokenizeConfig(self.template, self.max_length, self.overlong)
+
+
+class CrossModel(_Strict):
+    """Another model sharing the tokenizer, with its own θ0 and θb (cross-model selection)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    base: str
+    bottleneck: str
+
+
+class ProfileSettings(_Strict):
+    steps: list[int] = Field(default_factory=list, description="extra probe checkpoints to score")
+    all_steps: bool = False
+    batch_tokens: int = Field(16384, ge=1)
+    chunk: int = Field(1024, ge=1)
+    device: str = "auto"
+    dtype: str = "auto"
+    cross_models: list[CrossModel] = Field(default_factory=list)
+
+
+class RunConfig(_Strict):
+    run_dir: Path
+    model: str = Field(description="the student θ0")
+    data: Path = Field(description="the distillation corpus")
+    trust_remote_code: bool = False
+    tokenize: TokenizeSettings = Field(default_factory=TokenizeSettings)
+    recipe: TrainRecipe = Field(default_factory=TrainRecipe)
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    profile: ProfileSettings = Field(default_factory=ProfileSettings)
+    policies: list[SelectOptions] = Field(default_factory=lambda: [SelectOptions(policy="t3s")])
+    save_every: int = Field(10, ge=1, description="resume checkpoints of each retraining")
+    rrt: bool = True
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _short_policies(cls, value: Any) -> Any:
+        # `- t3s` is shorthand for `- {policy: t3s}`.
+        if isinstance(value, list):
+            return [{"policy": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "config"
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML config; an error names the file and the key."""
+    path = Path(path)
+    if not path.exists():
+        raise T3SError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise T3SError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise T3SError(f"{path}: expected a mapping of settings at the top level")
+    raw.update(overrides or {})
+    try:
+        return RunConfig(**raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise T3SError(f"{path}: {_location(err['loc'])}: {msg}") from None

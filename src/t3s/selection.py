@@ -1,0 +1,265 @@
+"""Token selection: turn a confidence profile into per-token loss masks.
+
+Every policy returns, per example, a 0/1 `loss_mask` over all positions of `input_ids` that is
+1 only on response tokens kept in the loss; `labels` are the token ids there and -100 elsewhere.
+
+- sft: every response token.
+- t3s: all but the Imitation-Anchor tokens, Δc > threshold (Δc = c(selector) - c(base)).
+- inverse (-T3S): only the anchors.
+- static-high / static-low: all but the fraction p of response tokens with the highest / lowest
+  base confidence c(θ0), ranked over the whole corpus.
+- random: all but a seeded random fraction p of response tokens (a control the paper lacks).
+`--match t3s` sets p to the fraction the t3s policy drops with the same selector and threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from t3s.errors import T3SError
+from t3s.fingerprint import digest
+from t3s.io import atomic_dir, write_json
+from t3s.training import IGNORE
+
+Policy = Literal["sft", "t3s", "inverse", "static-high", "static-low", "random"]
+POLICIES: tuple[str, ...] = Policy.__args__  # type: ignore[attr-defined]
+_BUDGETED = ("static-high", "static-low", "random")
+
+
+class SelectOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: Policy
+    threshold: float = Field(0.0, ge=0, le=30, description="Δc above this marks an anchor (nats)")
+    selector: str = Field("bottleneck", description="profile column logprob_<selector> that plays θb")
+    fraction: float | None = Field(None, gt=0, lt=1, description="share of response tokens to drop")
+    match: Literal["t3s"] | None = Field(None, description="take the fraction t3s drops")
+    seed: int = 0
+    profile: str | None = Field(None, description="a profile made by another model with the same tokenizer")
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SelectOptions:
+        if self.policy in _BUDGETED and (self.fraction is None) == (self.match is None):
+            raise ValueError(f"policy {self.policy} needs exactly one of fraction or match")
+        if self.policy not in _BUDGETED and (self.fraction is not None or self.match is not None):
+            raise ValueError(f"policy {self.policy} takes no fraction or match")
+        if self.name is not None and not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
+            raise ValueError(f"name {self.name!r}: use letters, digits, '.', '_' and '-'")
+        return self
+
+    def output_name(self) -> str:
+        if self.name:
+            return self.name
+        name = self.policy
+        if self.selector != "bottleneck":
+            name += f"-{self.selector}"
+        if self.profile:
+            name += "-cross"
+        return name
+
+
+def _column(table: pa.Table, name: str) -> list[np.ndarray]:
+    if name not in table.column_names:
+        have = [c.removeprefix("logprob_") for c in table.column_names if c.startswith("logprob_")]
+        raise T3SError(
+            f"the profile has no column {name!r} (scored: {', '.join(have)}); profile that checkpoint"
+        )
+    return [np.asarray(v, dtype=np.float32) for v in table.column(name).to_pylist()]
+
+
+def response_masks(table: pa.Table) -> list[np.ndarray]:
+    starts, ends = table.column("response_start").to_pylist(), table.column("response_end").to_pylist()
+    out = []
+    for ids, s, e in zip(table.column("input_ids").to_pylist(), starts, ends, strict=True):
+        m = np.zeros(len(ids), dtype=bool)
+        m[s:e] = True
+        out.append(m)
+    return out
+
+
+def _drop_ranked(
+    values: list[np.ndarray], responses: list[np.ndarray], k: int, highest: bool
+) -> list[np.ndarray]:
+    """Drop the k response positions with the highest (or lowest) value over the whole corpus."""
+    flat = np.concatenate(
+        [np.where(r & ~np.isnan(v), v, np.nan) for v, r in zip(values, responses, strict=True)]
+    )
+    valid = np.flatnonzero(~np.isnan(flat))
+    # Stable order: ties broken by corpus position, so reruns drop the same tokens.
+    order = valid[np.argsort(-flat[valid] if highest else flat[valid], kind="stable")]
+    return _drop_flat(responses, order[:k])
+
+
+def _drop_flat(responses: list[np.ndarray], drop: np.ndarray) -> list[np.ndarray]:
+    keep_flat = np.concatenate(responses).copy()
+    keep_flat[drop] = False
+    bounds = np.cumsum([0, *(len(r) for r in responses)])
+    return [keep_flat[bounds[i] : bounds[i + 1]] for i in range(len(responses))]
+
+
+def select(table: pa.Table, options: SelectOptions) -> list[np.ndarray]:
+    """Keep masks (bool, one per example, over all positions) for a policy on a profile table."""
+    responses = response_masks(table)
+    if options.policy == "sft":
+        return responses
+    base = _column(table, "logprob_base")
+    if options.policy in ("t3s", "inverse"):
+        sel = _column(table, f"logprob_{options.selector}")
+        # NaN (no context to score) compares False: such a token is never an anchor.
+        anchors = [(s - b) > options.threshold for s, b in zip(sel, base, strict=True)]
+        if options.policy == "t3s":
+            return [r & ~a for r, a in zip(responses, anchors, strict=True)]
+        return [r & a for r, a in zip(responses, anchors, strict=True)]
+    fraction = options.fraction
+    if options.match == "t3s":
+        t3s = select(table, options.model_copy(update={"policy": "t3s", "fraction": None, "match": None}))
+        fraction = 1 - sum(int(k.sum()) for k in t3s) / sum(int(r.sum()) for r in responses)
+    assert fraction is not None
+    total = sum(int(r.sum()) for r in responses)
+    k = round(fraction * total)
+    if options.policy == "random":
+        rng = np.random.default_rng(options.seed)
+        positions = np.flatnonzero(np.concatenate(responses))
+        return _drop_flat(responses, rng.choice(positions, size=k, replace=False))
+    return _drop_ranked(base, responses, k, highest=options.policy == "static-high")
+
+
+MASKS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int64())),
+        ("loss_mask", pa.list_(pa.int8())),
+        ("response_start", pa.int32()),
+        ("response_end", pa.int32()),
+    ]
+)
+
+
+def masks_table(table: pa.Table, keeps: Sequence[np.ndarray]) -> pa.Table:
+    ids = table.column("input_ids").to_pylist()
+    labels = [
+        np.where(k, np.asarray(i, dtype=np.int64), IGNORE).tolist() for i, k in zip(ids, keeps, strict=True)
+    ]
+    return pa.table(
+        {
+            "id": table.column("id"),
+            "input_ids": table.column("input_ids"),
+            "labels": labels,
+            "loss_mask": [k.astype(np.int8).tolist() for k in keeps],
+            "response_start": table.column("response_start"),
+            "response_end": table.column("response_end"),
+        },
+        schema=MASKS_SCHEMA,
+    )
+
+
+def mask_stats(table: pa.Table, keeps: Sequence[np.ndarray]) -> dict[str, Any]:
+    responses = response_masks(table)
+    resp = np.array([int(r.sum()) for r in responses])
+    kept = np.array([int(k.sum()) for k in keeps])
+    if (kept > resp).any() or any((k & ~r).any() for k, r in zip(keeps, responses, strict=True)):
+        raise AssertionError("a mask keeps a token outside the response")
+    return {
+        "examples": len(keeps),
+        "response_tokens": int(resp.sum()),
+        "kept_tokens": int(kept.sum()),
+        "kept_fraction": float(kept.sum() / max(resp.sum(), 1)),
+        "dropped_fraction": float(1 - kept.sum() / max(resp.sum(), 1)),
+        "examples_with_nothing_kept": int((kept == 0).sum()),
+        "per_example": [
+            {"id": i, "response_tokens": int(r), "kept_tokens": int(k)}
+            for i, r, k in zip(table.column("id").to_pylist(), resp, kept, strict=True)
+        ],
+    }
+
+
+def write_masks(
+    out: Path, table: pa.Table, keeps: Sequence[np.ndarray], info: dict[str, Any]
+) -> dict[str, Any]:
+    """Write data.parquet, an HF dataset (dataset/) and stats.json into `out`, atomically."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    masks = masks_table(table, keeps)
+    stats = {**info, **mask_stats(table, keeps)}
+    if stats["kept_tokens"] == 0:
+        raise T3SError(f"policy {info.get('policy')} keeps no token at all; nothing could be trained")
+    with atomic_dir(out) as tmp:
+        pq.write_table(masks, tmp / "data.parquet")
+        datasets.Dataset(masks).save_to_disk(str(tmp / "dataset"))
+        write_json(tmp / "stats.json", stats)
+    return stats
+
+
+def check_same_examples(run_tokens: pa.Table, profile: pa.Table, where: str) -> None:
+    """A profile made elsewhere must hold exactly the run's examples and token ids."""
+    for col in ("id", "input_ids", "response_start", "response_end"):
+        if col not in profile.column_names:
+            raise T3SError(f"{where}: not a t3s profile (no column {col!r})")
+    if profile.num_rows != run_tokens.num_rows:
+        raise T3SError(
+            f"{where}: {profile.num_rows} examples, the run has {run_tokens.num_rows}; "
+            "it was profiled on another corpus or tokenizer"
+        )
+    for col in ("id", "input_ids", "response_start", "response_end"):
+        a, b = run_tokens.column(col), profile.column(col)
+        if not a.equals(b.cast(a.type)):
+            first = next(
+                i for i, (x, y) in enumerate(zip(a.to_pylist(), b.to_pylist(), strict=True)) if x != y
+            )
+            raise T3SError(
+                f"{where}: example {first} ({col}) differs from the run's tokens; "
+                "it was profiled on another corpus or tokenizer"
+            )
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def select_run(run_path: str | Path, options: SelectOptions) -> dict[str, Any]:
+    """Select on a run's profile (or a cross-model profile) into RUN/masks/<name>/."""
+    from t3s.profile import read_profile
+    from t3s.rundir import RunDir
+
+    run = RunDir(run_path)
+    tokens = pq.read_table(run.tokens) if run.tokens.exists() else None
+    if tokens is None:
+        raise T3SError(f"run {run.root} has no tokens; run `t3s probe` first")
+    if options.policy == "sft" and options.profile is None and not run.profile.exists():
+        table = tokens.drop_columns(["truncated"])
+        source = "tokens"
+    else:
+        path = Path(options.profile) if options.profile else run.profile
+        table = read_profile(path)
+        check_same_examples(tokens, table, str(path))
+        source = str(path)
+    name = options.output_name()
+    fp = digest(
+        options.model_dump(exclude={"name"}), file_digest(Path(source) if source != "tokens" else run.tokens)
+    )
+    out = run.masks_dir(name)
+    stage = f"select:{name}"
+    if run.stage_done(stage, fp) and (out / "stats.json").exists():
+        return run.stage(stage)["summary"]
+    with run.running(stage, fp) as extras:
+        keeps = select(table, options)
+        stats = write_masks(
+            out, table, keeps, {"policy": options.policy, "options": options.model_dump(), "source": source}
+        )
+        extras["summary"] = {k: v for k, v in stats.items() if k != "per_example"}
+    return extras["summary"]
