@@ -8,10 +8,10 @@ trace), `answer` (the gold final answer) and an optional `teacher`. Every proble
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +22,7 @@ from t3s.io import write_parquet
 
 Prompt = str | list[dict[str, str]]
 _ROLES = ("system", "user", "assistant")
+_Row = TypeVar("_Row", "Example", "PromptItem")
 
 
 @dataclass(frozen=True)
@@ -154,16 +155,18 @@ def _decode_stored_prompt(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def scan_corpus(path: str | Path) -> tuple[list[Example], list[Problem]]:
-    """Read and check every row; return the good examples and every problem found."""
-    examples: list[Example] = []
+def _scan(
+    path: str | Path, parse: Callable[[dict[str, Any], str], _Row | Problem]
+) -> tuple[list[_Row], list[Problem]]:
+    """Read and check every row with `parse`; return the good rows and every problem found."""
+    rows: list[_Row] = []
     problems: list[Problem] = []
     seen: dict[str, str] = {}
     for where, record in read_records(path):
         if isinstance(record, Problem):
             problems.append(record)
             continue
-        parsed = parse_example(_decode_stored_prompt(record), where)
+        parsed = parse(_decode_stored_prompt(record), where)
         if isinstance(parsed, Problem):
             problems.append(parsed)
             continue
@@ -171,10 +174,15 @@ def scan_corpus(path: str | Path) -> tuple[list[Example], list[Problem]]:
             problems.append(Problem(where, "id", f"duplicate id {parsed.id!r} (first at {seen[parsed.id]})"))
             continue
         seen[parsed.id] = where
-        examples.append(parsed)
-    if not examples and not problems:
+        rows.append(parsed)
+    if not rows and not problems:
         problems.append(Problem(str(path), None, "no rows"))
-    return examples, problems
+    return rows, problems
+
+
+def scan_corpus(path: str | Path) -> tuple[list[Example], list[Problem]]:
+    """Read and check every row; return the good examples and every problem found."""
+    return _scan(path, parse_example)
 
 
 def load_corpus(path: str | Path) -> list[Example]:
@@ -184,6 +192,35 @@ def load_corpus(path: str | Path) -> list[Example]:
         more = f" (and {len(problems) - 1} more problems; run `t3s validate`)" if len(problems) > 1 else ""
         raise T3SError(f"{problems[0]}{more}")
     return examples
+
+
+# -- prompts with gold answers (no response yet): the input of teacher sampling -------------------
+@dataclass(frozen=True)
+class PromptItem:
+    id: str
+    prompt: Prompt
+    answer: str
+
+
+def parse_prompt_item(record: dict[str, Any], where: str) -> PromptItem | Problem:
+    fields = {
+        "id": _text_field(record, "id", where, numbers=True),
+        "prompt": _prompt_field(record, where),
+        "answer": _text_field(record, "answer", where, numbers=True),
+    }
+    for value in fields.values():
+        if isinstance(value, Problem):
+            return value
+    return PromptItem(**fields)  # type: ignore[arg-type]
+
+
+def load_prompts(path: str | Path) -> list[PromptItem]:
+    """Load `id`, `prompt`, `answer` rows (other fields are ignored), failing on the first problem."""
+    items, problems = _scan(path, parse_prompt_item)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise T3SError(f"{problems[0]}{more}")
+    return items
 
 
 def corpus_fingerprint(examples: Sequence[Example]) -> str:
