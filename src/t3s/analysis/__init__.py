@@ -1,0 +1,6 @@
+"""The paper's analyses over a run directory (METHOD.md section 7); `runner.analyze` is the entry point.
+
+Modules: `artifacts` (reading a run), `shock`, `groups` (group dynamics, persistent drops),
+`tokens`, `tokenloss` (group losses and gradients), `gradients` (gradient dynamics, one-step
+intervention), `transfer`, `separability`, `plots`; `runner` writes `RUN/analysis/<name>.*`.
+"""

@@ -1,0 +1,373 @@
+"""`t3s analyze`: run analyses over a run directory and write `RUN/analysis/<name>.{json,parquet,png,md}`.
+
+Each analysis reads the run's artifacts, calls the pure functions of its module, writes its numbers
+(JSON, Parquet for per-token data) and a plot, and returns a few headline numbers. Analyses that
+need gradients load each checkpoint on the chosen device: float32 on CPUs, bf16 on GPUs, except the
+ones that update weights (intervention, transfer), which default to float32 everywhere because a
+single step at a training lr is below bf16's resolution for most weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from t3s.analysis import artifacts, groups, plots, shock, tokens
+from t3s.analysis.artifacts import Profile
+from t3s.errors import T3SError
+from t3s.io import write_json, write_parquet, write_text
+from t3s.rundir import RunDir
+
+
+class AnalysisOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    threshold: float = Field(0.0, description="anchors: Δc > threshold")
+    compare: Path | None = Field(None, description="groups: a run (or profile) trained with anchors masked")
+    examples: int = Field(32, ge=1, description="examples sampled for the model-side analyses")
+    max_tokens: int = Field(512, ge=2, description="tokens kept per sampled example")
+    batch_tokens: int = Field(4096, ge=1, description="padded tokens per forward pass")
+    chunk: int = Field(1024, ge=1, description="positions per output-layer chunk")
+    steps: list[int] = Field(default_factory=list, description="checkpoints to use (default: all on disk)")
+    params: str | None = Field(None, description="regex of the parameters that take gradients (default all)")
+    lr: float = Field(1e-5, gt=0, description="intervention and transfer learning rate")
+    rule: Literal["adam", "sgd"] = "adam"
+    transfer_steps: int = Field(5, ge=1)
+    top: int = Field(100, ge=1)
+    min_count: int = Field(3, ge=1)
+    sketch_dim: int = Field(256, ge=2)
+    sketch_checkpoint: str = Field("base", description="base, bottleneck or stepK")
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    trust_remote_code: bool = False
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats become null (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+class Context:
+    """What one `analyze` call shares between analyses: the run, the options, the loaded profile."""
+
+    def __init__(self, run: RunDir, options: AnalysisOptions) -> None:
+        self.run, self.options = run, options
+        self.out = run.root / "analysis"
+        self._profile: Profile | None = None
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return artifacts.bottleneck_record(self.run)
+
+    @property
+    def profile(self) -> Profile:
+        if self._profile is None:
+            self._profile = artifacts.load_profile(self.run.profile)
+        return self._profile
+
+    def anchors(self) -> np.ndarray:
+        return self.profile.anchors(self.options.threshold)
+
+    def save(self, name: str, data: dict[str, Any], figure: Any | None = None) -> dict[str, Any]:
+        data = _json_safe(data)
+        write_json(self.out / f"{name}.json", data)
+        if figure is not None:
+            plots.save_png(figure, self.out / f"{name}.png")
+        return data
+
+    # -- model side ------------------------------------------------------------------------------
+    def load(self, path: str, *, updates: bool) -> Any:
+        import torch
+
+        from t3s.analysis.tokenloss import select_parameters
+        from t3s.models import load_model, resolve_device, resolve_dtype
+
+        device = resolve_device(self.options.device)
+        if updates and self.options.dtype == "auto":
+            dtype = torch.float32
+        else:
+            dtype = resolve_dtype(self.options.dtype, device)
+        model = load_model(path, device=device, dtype=dtype, trust_remote_code=self.options.trust_remote_code)
+        select_parameters(model, self.options.params)
+        return model
+
+    def checkpoints(self) -> dict[int, str]:
+        """Step -> path of θ0 and the probe checkpoints to analyse (all on disk, or --steps)."""
+        found = artifacts.checkpoint_paths(self.run, self.record)
+        if len(found) < 2:
+            raise T3SError(
+                f"run {self.run.root} has no probe checkpoint on disk; "
+                "probe with --mode all (or --keep-step K) to keep them"
+            )
+        if not self.options.steps:
+            return found
+        missing = [s for s in self.options.steps if s not in found]
+        if missing:
+            raise T3SError(f"--step {missing}: not on disk (on disk: {sorted(found)})")
+        return {s: found[s] for s in sorted(set(self.options.steps))}
+
+    def sample_examples(self) -> list[int]:
+        from t3s.analysis.tokenloss import sample_examples
+
+        return sample_examples(len(self.profile.ids), self.options.examples, self.options.seed)
+
+    def sample(self, labels: np.ndarray, n_groups: int) -> Any:
+        """The seeded example sample with one group label per scored token (-1: none)."""
+        from t3s.analysis.tokenloss import token_sample
+
+        return token_sample(self.profile, labels, n_groups, self.sample_examples(), self.options.max_tokens)
+
+    @property
+    def loss_kwargs(self) -> dict[str, int]:
+        return {"batch_tokens": self.options.batch_tokens, "chunk": self.options.chunk}
+
+
+# -- the analyses --------------------------------------------------------------------------------
+def run_shock(ctx: Context) -> dict[str, Any]:
+    record = (
+        artifacts.bottleneck_record(ctx.run) if (ctx.run.probe_dir / "bottleneck.json").exists() else None
+    )
+    data = shock.shock_curves(artifacts.probe_metrics(ctx.run), record, artifacts.eval_curves(ctx.run))
+    ctx.save("shock", data, plots.shock_figure(data))
+    return {
+        k: data.get(k) for k in ("bottleneck_step", "base_accuracy", "bottleneck_accuracy", "final_accuracy")
+    }
+
+
+def run_groups(ctx: Context) -> dict[str, Any]:
+    b = ctx.record.get("step")
+    data = groups.group_dynamics(ctx.profile, ctx.anchors(), b)
+    data.update(threshold=ctx.options.threshold, bottleneck_step=b)
+    if ctx.options.compare is not None:
+        path = artifacts.compare_profile_path(ctx.options.compare)
+        main, other = artifacts.aligned_profiles(
+            artifacts.read_profile_table(ctx.run.profile), artifacts.read_profile_table(path), str(path)
+        )
+        compare = groups.group_dynamics(other, main.anchors(ctx.options.threshold))
+        compare.update(label=f"{ctx.options.compare.name} (train other tokens only)", source=str(path))
+        data["compare"] = compare
+    data = ctx.save("groups", data, plots.groups_figure(data))
+    return {
+        "anchor_share": data["anchor_share"],
+        "final_anchor_dprob": data["anchor_mean_dprob"][-1],
+        "final_other_dprob": data["other_mean_dprob"][-1],
+    }
+
+
+def run_drops(ctx: Context) -> dict[str, Any]:
+    record = ctx.record
+    data = groups.persistent_drops(ctx.profile, record["final_step"], ctx.anchors(), record.get("step"))
+    data.update(threshold=ctx.options.threshold, bottleneck_step=record.get("step"))
+    ctx.save("drops", data, plots.drops_figure(data))
+    return {"final_step": data["final_step"], "share_below_base": data["share_below_base"]}
+
+
+def run_tokens(ctx: Context) -> dict[str, Any]:
+    from t3s.models import load_tokenizer
+
+    record = ctx.record
+    tokenizer = load_tokenizer(
+        ctx.run.resolve(record["base"]), trust_remote_code=ctx.options.trust_remote_code
+    )
+    rows = tokens.aggregate_tokens(ctx.profile.token, ctx.profile.delta, lambda i: tokenizer.decode([i]))
+    top = tokens.top_tokens(rows, ctx.options.top, ctx.options.min_count)
+    data: dict[str, Any] = {"bottleneck_step": record.get("step"), "min_count": ctx.options.min_count, **top}
+    try:
+        import wordcloud  # noqa: F401
+    except ImportError:
+        data["note"] = "wordcloud is not installed (pip install wordcloud): bar charts instead of word clouds"
+    ctx.save("tokens", data, plots.tokens_figure(data))
+    md = [
+        f"# Top tokens by Δc at θb (step {record.get('step')}), seen at least {ctx.options.min_count} times\n"
+    ]
+    for key, title in (("rise", "confidence rise"), ("drop", "confidence drop")):
+        md += [f"\n## Largest {title}\n\n", tokens.markdown_table(top[key])]
+    write_text(ctx.out / "tokens.md", "".join(md))
+    return {key: [r["token"] for r in top[key][:5]] for key in ("rise", "drop")}
+
+
+def _per_checkpoint(
+    ctx: Context, measure: Callable[[Any, Any], dict[str, float]], updates: bool
+) -> dict[str, Any]:
+    from t3s.analysis.gradients import ANCHOR
+
+    sample = ctx.sample(ctx.anchors().astype(np.int64) * ANCHOR, 2)
+    rows = []
+    for step, path in ctx.checkpoints().items():
+        model = ctx.load(path, updates=updates)
+        rows.append({"step": step, **measure(model, sample)})
+        del model
+    counts = sample.counts().tolist()
+    data: dict[str, Any] = {
+        "steps": [r["step"] for r in rows],
+        **{k: [r[k] for r in rows] for k in rows[0] if k != "step"},
+        "bottleneck_step": ctx.record.get("step"),
+        "threshold": ctx.options.threshold,
+        "examples": len(sample.input_ids),
+        "other_tokens": counts[0],
+        "anchor_tokens": counts[1],
+        "params": ctx.options.params,
+    }
+    return data
+
+
+def _at_bottleneck(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    b = data["bottleneck_step"]
+    i = min(range(len(data["steps"])), key=lambda k: abs(data["steps"][k] - (b or 0)))
+    return {"step": data["steps"][i], **{k: data[k][i] for k in keys}}
+
+
+def run_intervention(ctx: Context) -> dict[str, Any]:
+    from t3s.analysis.gradients import anchor_step
+
+    opts = ctx.options
+    data = _per_checkpoint(
+        ctx,
+        lambda model, sample: anchor_step(model, sample, lr=opts.lr, rule=opts.rule, **ctx.loss_kwargs),
+        updates=True,
+    )
+    data.update(lr=opts.lr, rule=opts.rule)
+    data = ctx.save("intervention", data, plots.intervention_figure(data))
+    return _at_bottleneck(data, ("delta_other_loss", "anchor_loss"))
+
+
+def run_gradients(ctx: Context) -> dict[str, Any]:
+    from t3s.analysis.gradients import gradient_stats
+
+    data = _per_checkpoint(
+        ctx, lambda model, sample: gradient_stats(model, sample, **ctx.loss_kwargs), updates=False
+    )
+    data = ctx.save("gradients", data, plots.gradients_figure(data))
+    return _at_bottleneck(data, ("norm_ratio", "cosine"))
+
+
+def run_transfer(ctx: Context) -> dict[str, Any]:
+    from t3s.analysis.tokenloss import in_sample
+    from t3s.analysis.transfer import transfer_labels, transfer_matrix
+
+    profile, opts = ctx.profile, ctx.options
+    examples = ctx.sample_examples()
+    chosen = in_sample(profile, examples, opts.max_tokens)
+    labels = np.full(len(profile.delta), -1, dtype=np.int64)
+    labels[chosen] = transfer_labels(ctx.anchors()[chosen], profile.logprobs["base"][chosen])
+    sample = ctx.sample(labels, 4)
+    base_path = ctx.run.resolve(ctx.record["base"])
+    data = transfer_matrix(
+        lambda: ctx.load(base_path, updates=True),
+        sample,
+        steps=opts.transfer_steps,
+        lr=opts.lr,
+        **ctx.loss_kwargs,
+    )
+    data.update(threshold=opts.threshold, examples=len(sample.input_ids), params=opts.params)
+    data = ctx.save("transfer", data, plots.transfer_figure(data))
+    return {"diagonal_percent": [row[i] for i, row in enumerate(data["matrix_percent"])]}
+
+
+def run_separability(ctx: Context) -> dict[str, Any]:
+    from t3s.analysis import separability as sep
+
+    profile, opts, record = ctx.profile, ctx.options, ctx.record
+    anchors = ctx.anchors()
+    data: dict[str, Any] = {
+        "threshold": opts.threshold,
+        "histogram": sep.confidence_histogram(profile.logprobs["base"], anchors),
+    }
+    paths = {"base": ctx.run.resolve(record["base"]), "bottleneck": ctx.run.resolve(record["bottleneck"])}
+    paths.update({f"step{k}": v for k, v in artifacts.checkpoint_paths(ctx.run, record).items() if k})
+    if opts.sketch_checkpoint not in paths:
+        raise T3SError(f"--sketch-checkpoint {opts.sketch_checkpoint!r}: use one of {', '.join(paths)}")
+    sample = ctx.sample(anchors.astype(np.int64), 2)
+    model = ctx.load(paths[opts.sketch_checkpoint], updates=False)
+    sketches, labels = sep.gradient_sketches(
+        model, sample, dim=opts.sketch_dim, seed=opts.seed, **ctx.loss_kwargs
+    )
+    del model
+    coords, share = sep.pca2(sketches)
+    is_anchor = labels == 1
+    data.update(
+        sketch_checkpoint=opts.sketch_checkpoint,
+        sketch_dim=opts.sketch_dim,
+        sketch_tokens=len(labels),
+        pca_variance_share=share,
+        auroc_sketch_mean_direction=sep.mean_direction_auroc(sketches, is_anchor),
+    )
+    write_parquet(
+        ctx.out / "separability.parquet",
+        pa.table(
+            {
+                "anchor": is_anchor,
+                "pc1": coords[:, 0].astype(np.float32),
+                "pc2": coords[:, 1].astype(np.float32),
+                "sketch": pa.array(list(sketches.astype(np.float32)), type=pa.list_(pa.float32())),
+            }
+        ),
+    )
+    data = ctx.save("separability", data, plots.separability_figure(data, coords, is_anchor))
+    return {
+        "auroc_base_confidence": data["histogram"]["auroc_base_confidence"],
+        "auroc_sketch_mean_direction": data["auroc_sketch_mean_direction"],
+    }
+
+
+ANALYSES: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "shock": run_shock,
+    "groups": run_groups,
+    "drops": run_drops,
+    "tokens": run_tokens,
+    "intervention": run_intervention,
+    "gradients": run_gradients,
+    "transfer": run_transfer,
+    "separability": run_separability,
+}
+
+
+def parse_names(what: str) -> list[str]:
+    names = [n.strip() for n in what.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(ANALYSES)
+    unknown = [n for n in names if n not in ANALYSES]
+    if unknown or not names:
+        raise T3SError(f"--what {what!r}: use all or a comma-separated list of {', '.join(ANALYSES)}")
+    return names
+
+
+def analyze(
+    run_path: str | Path,
+    names: list[str],
+    options: AnalysisOptions,
+    *,
+    skip_missing: bool = False,
+    on_result: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run the named analyses; with `skip_missing` an analysis whose inputs are missing is skipped
+    (its result is {"skipped": reason}) instead of stopping the others."""
+    run = RunDir(run_path)
+    if not run.root.is_dir():
+        raise T3SError(f"run {run.root}: no such directory")
+    ctx = Context(run, options)
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        try:
+            results[name] = ANALYSES[name](ctx)
+        except T3SError as exc:
+            if not skip_missing:
+                raise
+            results[name] = {"skipped": str(exc)}
+        if on_result is not None:
+            on_result(name, results[name])
+    return results
