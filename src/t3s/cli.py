@@ -408,4 +408,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Under `python -m t3s.cli` this file is __main__; the command modules register on t3s.cli's app.
+    from t3s.cli import main as _main
+
+    _main()

@@ -32,6 +32,7 @@ class LoraSettings(BaseModel):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | str = "all-linear"
+    layers: list[int] | None = Field(None, description="adapt only these decoder layers (all by default)")
 
 
 class TrainRecipe(BaseModel):
@@ -106,6 +107,7 @@ def prepare_model(model: Any, recipe: TrainRecipe) -> Any:
             lora_alpha=recipe.lora.alpha,
             lora_dropout=recipe.lora.dropout,
             target_modules=recipe.lora.target_modules,
+            layers_to_transform=recipe.lora.layers,
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, cfg)

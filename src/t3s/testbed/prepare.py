@@ -1,0 +1,118 @@
+"""Stage 0: make the pretrained SmolLM2-135M-Instruct a competent student in its own answer style.
+
+    python -m t3s.testbed.prepare [--steps 150 --out DIR]
+
+Trains a LoRA adapter (upper layers only, so backward stops halfway) on the student's running
+partial-sum style, with a small share of the teacher's style so that the student can read it,
+prints held-out greedy accuracy and wall time, and saves the adapter (fp16 safetensors) plus a
+`stage0.json` record. The result ships in the package; the demo never repeats this step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from t3s.io import write_json
+from t3s.testbed.task import STYLES, Numbers, TaskSpec, make_problems, problem_id, prompt
+
+LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def stage0_rows(problems: list[Numbers], seed: int, mix: float, mix_style: str) -> list[dict[str, str]]:
+    rng = random.Random(seed + 1)
+    rows = []
+    for p in problems:
+        style = mix_style if rng.random() < mix else "running"
+        rows.append(
+            {"id": problem_id(p), "prompt": prompt(p), "response": STYLES[style](p), "answer": str(sum(p))}
+        )
+    return rows
+
+
+def greedy_accuracy(model: Any, tokenizer: Any, problems: list[tuple[int, ...]], prefix: str = "",
+                    max_new_tokens: int = 48, batch_size: int = 64) -> tuple[float, list[str]]:  # fmt: skip
+    """Greedy accuracy on `problems`, optionally forcing the answer to start with `prefix`."""
+    from t3s.generation import SamplingParams, TransformersBackend
+    from t3s.testbed.task import verify
+
+    prompts = [tokenizer(prompt(p) + prefix, add_special_tokens=False)["input_ids"] for p in problems]
+    backend = TransformersBackend(model, tokenizer, batch_size=batch_size, progress="greedy accuracy")
+    outs = backend.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens))
+    texts = [prefix + o[0].text for o in outs]
+    correct = [
+        verify(str(sum(p)), t).correct and o[0].finish_reason == "stop"
+        for p, t, o in zip(problems, texts, outs, strict=True)
+    ]
+    return sum(correct) / len(correct), texts
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--problems", type=int, default=2000, help="distinct training problems")
+    ap.add_argument("--counts", default="3", help="how many numbers per problem, e.g. 3 or 3,4")
+    ap.add_argument("--low", type=int, default=10)
+    ap.add_argument("--high", type=int, default=99)
+    ap.add_argument("--mix", type=float, default=0.1, help="share of answers in the teacher's style")
+    ap.add_argument("--mix-style", default="reverse")
+    ap.add_argument("--eval", type=int, default=128, help="held-out problems for the accuracy printed")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "assets" / "stage0")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from t3s.data import Example
+    from t3s.models import load_model, load_tokenizer
+    from t3s.testbed.smollm2 import smollm2_path
+    from t3s.tokens import TokenizeConfig, tokenize_corpus
+    from t3s.training import LoraSettings, TrainRecipe, build_trainer, prepare_model, sft_dataset
+
+    start = time.time()
+    spec = TaskSpec(tuple(int(c) for c in args.counts.split(",")), args.low, args.high)
+    base = str(smollm2_path())
+    tokenizer = load_tokenizer(base)
+    problems = make_problems(spec, args.problems, args.seed)
+    rows = stage0_rows(problems, args.seed, args.mix, args.mix_style)
+    examples = [Example(r["id"], r["prompt"], r["response"], r["answer"]) for r in rows]
+    items, _ = tokenize_corpus(tokenizer, examples, TokenizeConfig(template="plain", max_length=256))
+    model = load_model(base, dtype=torch.float32)
+    layers = model.config.num_hidden_layers
+    recipe = TrainRecipe(
+        steps=args.steps, batch_size=args.batch_size, micro_batch_size=args.batch_size, lr=args.lr,
+        scheduler="cosine", warmup_steps=10, seed=args.seed, adam_beta2=0.999,
+        lora=LoraSettings(r=args.rank, alpha=2 * args.rank, target_modules=LLAMA_LINEAR, layers=list(range(layers // 2, layers))),
+    )  # fmt: skip
+    model = prepare_model(model, recipe)
+    out_dir = args.out.parent / f".{args.out.name}-trainer"
+    build_trainer(model, tokenizer, sft_dataset(items), recipe, out_dir, save_steps=args.steps + 1).train()
+    train_seconds = time.time() - start
+    heldout = make_problems(spec, args.eval, args.seed + 1000, exclude=set(problems))
+    acc, _ = greedy_accuracy(model, tokenizer, heldout)
+    model.half()  # the shipped adapter: fp16 is plenty for a LoRA delta and halves its size
+    model.save_pretrained(args.out)
+    model.float()
+    record: dict[str, Any] = {
+        "spec": asdict(spec), "args": {k: str(v) for k, v in vars(args).items()},
+        "heldout_accuracy": acc, "heldout_problems": len(heldout),
+        "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - start, 1),
+        "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
+    }  # fmt: skip
+    write_json(args.out / "stage0.json", record)
+    import shutil
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    print(f"stage 0: held-out greedy accuracy {acc:.3f} on {len(heldout)} problems; "
+          f"training {train_seconds:.0f} s, total {record['total_seconds']:.0f} s -> {args.out}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The testbed's student: SmolLM2-135M-Instruct made competent in its own style by a shipped adapter.
+
+Stage 0 (`python -m t3s.testbed.prepare`) trains a LoRA adapter that teaches the pretrained model
+the task in its own answer style; the adapter ships in the package (assets/stage0, a few MB) and
+is merged once into a plain safetensors checkpoint in the user's cache, which every stage then
+loads like any other model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from t3s.fingerprint import model_fingerprint
+from t3s.io import atomic_dir
+from t3s.testbed.smollm2 import cache_root, smollm2_path
+
+ASSETS = Path(__file__).parent / "assets"
+STAGE0 = ASSETS / "stage0"
+
+
+def merge_adapter(adapter: Path, out: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = smollm2_path()
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+
+
+def student_path(adapter: Path = STAGE0) -> Path:
+    """The merged stage-0 student, built on first use (a few seconds) and cached."""
+    if not (adapter / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter}: no stage-0 adapter; run `python -m t3s.testbed.prepare`")
+    out = cache_root() / f"testbed-student-{model_fingerprint(adapter)}"
+    if not (out / "model.safetensors").exists():
+        with atomic_dir(out) as tmp:
+            merge_adapter(adapter, tmp)
+    return out
