@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +59,11 @@ class RunConfig(_Strict):
     policies: list[SelectOptions] = Field(default_factory=lambda: [SelectOptions(policy="t3s")])
     save_every: int = Field(10, ge=1, description="resume checkpoints of each retraining")
     rrt: bool = True
+
+    @field_validator("model", "data", "run_dir", mode="before")
+    @classmethod
+    def _home(cls, value: Any) -> Any:
+        return os.path.expanduser(value) if isinstance(value, str) else value
 
     @field_validator("policies", mode="before")
     @classmethod
