@@ -392,6 +392,7 @@ def run_config(
 # -- commands defined in their own modules (each registers on `app` when imported) ---------------
 # (one import line per module, below)
 import t3s.cli_analysis  # noqa: E402, F401
+import t3s.cli_eval  # noqa: E402, F401
 import t3s.cli_teacher  # noqa: E402, F401
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from t3s.generation import Backend, SamplingParams
+from t3s.generation import Backend, Completion, SamplingParams
 from t3s.verify import VerifierPool
 
 
@@ -25,6 +25,26 @@ class SampleRecord:
         return asdict(self)
 
 
+def verify_samples(
+    verifier: VerifierPool, samples: Sequence[tuple[str, int, str, Completion]]
+) -> list[SampleRecord]:
+    """Verify (problem id, sample index, gold answer, completion) tuples; a truncated sample is never correct."""
+    verdicts = verifier.verify([(gold, c.text) for _, _, gold, c in samples])
+    return [
+        SampleRecord(
+            id=id_,
+            sample=k,
+            completion=c.text,
+            extracted=v.extracted,
+            correct=v.correct and c.finish_reason == "stop",
+            num_tokens=c.num_tokens,
+            finish_reason=c.finish_reason,
+            error=v.error,
+        )
+        for (id_, k, _, c), v in zip(samples, verdicts, strict=True)
+    ]
+
+
 def sample_and_verify(
     backend: Backend,
     ids: Sequence[str],
@@ -35,21 +55,9 @@ def sample_and_verify(
 ) -> list[SampleRecord]:
     """`params.n` samples per prompt, each verified; a truncated sample is never correct."""
     completions = backend.generate(prompts, params)
-    flat = [(i, k, c) for i, cs in enumerate(completions) for k, c in enumerate(cs)]
-    verdicts = verifier.verify([(golds[i], c.text) for i, _, c in flat])
-    return [
-        SampleRecord(
-            id=ids[i],
-            sample=k,
-            completion=c.text,
-            extracted=v.extracted,
-            correct=v.correct and c.finish_reason == "stop",
-            num_tokens=c.num_tokens,
-            finish_reason=c.finish_reason,
-            error=v.error,
-        )
-        for (i, k, c), v in zip(flat, verdicts, strict=True)
-    ]
+    return verify_samples(
+        verifier, [(ids[i], k, golds[i], c) for i, cs in enumerate(completions) for k, c in enumerate(cs)]
+    )
 
 
 def accuracy(records: Sequence[SampleRecord]) -> float:

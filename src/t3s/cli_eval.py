@@ -1,0 +1,156 @@
+"""`t3s eval`: score a model, a probe trajectory or trained policies on a benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from t3s.cli import Device, Remote, app, console, out
+from t3s.errors import T3SError
+
+
+def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
+    """One model: every score with its standard error, then the token counts."""
+    table = Table(title=title)
+    for column in ("metric", "mean", "stderr"):
+        table.add_column(column, justify="right")
+    for name, value in metrics.items():
+        if "@" in name and not name.endswith("_stderr"):
+            se = metrics[f"{name}_stderr"]
+            table.add_row(name, f"{value:.4f}", "-" if se is None else f"{se:.4f}")
+    table.add_row("tokens", f"{metrics['tokens']:,}", "")
+    table.add_row("truncated", f"{metrics['truncated']:.1%}", "")
+    return table
+
+
+def _curve_table(title: str, key: str, rows: list[dict[str, Any]]) -> Table:
+    """Several models: the headline scores over all n samples, one row each."""
+    n = rows[0]["samples"]
+    table = Table(title=title)
+    columns = (f"avg@{n}", f"maj@{n}", f"pass@{n}")
+    for column in (key, *columns, "tokens", "truncated"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        cells = []
+        for metric in columns:
+            se = r[f"{metric}_stderr"]
+            cells.append(f"{r[metric]:.3f}" + ("" if se is None else f" ± {se:.3f}"))
+        table.add_row(str(r[key]), *cells, f"{r['tokens']:,}", f"{r['truncated']:.1%}")
+    return table
+
+
+@app.command(name="eval")
+def eval_command(
+    bench: Annotated[
+        Path,
+        typer.Option(
+            "--bench",
+            "-b",
+            help="benchmark: id, problem (text or messages), answer; .jsonl, .parquet or saved dataset",
+        ),
+    ],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="checkpoint directory to score")] = None,
+    out_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="with --model: X.json (summary) + X.samples.jsonl beside it, or a directory "
+            "holding results.json + samples.jsonl",
+        ),
+    ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="score θ0 and every probe checkpoint on disk into RUN/eval/<bench>/ "
+            "(step-NNNNN.json, step-NNNNN.samples.jsonl, curve.jsonl)",
+        ),
+    ] = None,
+    step: Annotated[
+        list[int] | None, typer.Option("--step", help="with --run: only this step (repeatable; 0 = θ0)")
+    ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="with --run: score RUN/train/<policy>/model instead, e.g. sft,t3s or all "
+            "(policy-<name>.json and policies.jsonl)"
+        ),
+    ] = None,
+    samples: Annotated[int, typer.Option(help="samples per problem (n of avg@n, pass@k, maj@k)")] = 16,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (then --samples 1)")] = 0.6,
+    top_p: float = 0.95,
+    max_tokens: Annotated[
+        int, typer.Option(help="new tokens per sample; longer ones count as wrong")
+    ] = 32768,
+    seed: int = 0,
+    backend: Annotated[str, typer.Option(help="transformers or vllm")] = "transformers",
+    verifier: Annotated[
+        str, typer.Option(help="'math' (math-verify, last \\boxed{}) or module:function")
+    ] = "math",
+    verify_timeout: Annotated[
+        float, typer.Option(help="seconds per answer before it counts as wrong")
+    ] = 10.0,
+    template: Annotated[
+        str | None, typer.Option(help="auto, chat or plain (default: the run's own with --run, else auto)")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="transformers: prompts per generate call, each with --samples sequences")
+    ] = 4,
+    chunk: Annotated[int, typer.Option(help="problems generated between durable saves")] = 32,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")] = "auto",
+    trust_remote_code: Remote = False,
+) -> None:
+    """Score a model on a benchmark: avg@n, pass@k (unbiased), maj@k ± standard error, generated tokens.
+
+    With --model, --out X.json gets the summary and X.samples.jsonl every sample (problem id, sample index, completion, extracted answer, verdict, tokens, finish reason). With --run, RUN/eval/<bench>/ gets step-NNNNN.json + step-NNNNN.samples.jsonl per checkpoint and curve.jsonl (or policy-<name>.* and policies.jsonl).
+
+    Samples are saved as they are produced: after a kill, the same command generates only what is missing. Other models or sampling settings fill their own key space in the same samples file.
+    """
+    from t3s.evaluation import EvalSettings, evaluate, evaluate_run, load_bench, run_template
+    from t3s.rundir import RunDir
+
+    if (model is None) == (run is None):
+        raise T3SError("pass either --model (with --out) or --run")
+    if model is not None and out_path is None:
+        raise T3SError("--model needs --out (X.json, or a directory)")
+    if run is not None and out_path is not None:
+        raise T3SError("--run writes into RUN/eval/<bench>/; drop --out")
+    if model is not None and (step or policy):
+        raise T3SError("--step and --policy select models of a run; use them with --run")
+    if step and policy:
+        raise T3SError("--step selects probe checkpoints, --policy trained models; pass one of them")
+    settings = EvalSettings(
+        samples=samples,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_tokens,
+        seed=seed,
+        template=template or (run_template(RunDir(run)) if run is not None else "auto"),  # type: ignore[arg-type]
+        verifier=verifier,
+        verify_timeout=verify_timeout,
+        backend=backend,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        chunk=chunk,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    data = load_bench(bench)
+    if model is not None:
+        assert out_path is not None
+        summary = evaluate(model, data, settings, out_path)
+        title = f"{model} on {data.name}: {summary['problems']} problems x {summary['samples']} samples"
+        console.print(_metrics_table(title, summary["metrics"]))
+        out.print(f"results -> {out_path}", highlight=False)
+        return
+    assert run is not None
+    policies = [p.strip() for p in policy.split(",") if p.strip()] if policy else None
+    rows = evaluate_run(run, data, settings, steps=step, policies=policies)
+    key = "policy" if policies else "step"
+    console.print(_curve_table(f"{data.name}: {rows[0]['problems']} problems", key, rows))
+    out.print(f"results -> {Path(run) / 'eval' / data.name}", highlight=False)

@@ -1,0 +1,489 @@
+"""Benchmark evaluation: n samples per problem, verified, scored as avg@n, pass@k and maj@k.
+
+A benchmark holds rows of `id`, `problem` (a string or chat messages; `prompt` is read when there
+is no `problem`, so a corpus serves as well) and `answer`, as JSONL, Parquet or a saved HF dataset.
+
+Every sample is appended durably to `<out>.samples.jsonl` as soon as its chunk of problems is
+generated and verified, keyed by (model fingerprint, sampling-parameter hash, hash of the prompt
+token ids, problem id, sample index). A killed evaluation resumes with only the missing samples;
+another model, other sampling parameters or another prompt template fill their own key space in
+the same file; raising the sample count adds samples to those already there. A sample whose gold
+answer or verifier changed is verified again, not generated again. The summary `<out>.json` is
+written atomically once every sample is in.
+
+With a run directory, θ0 (step 0) and every probe checkpoint on disk (or trained policy models)
+are scored into `RUN/eval/<bench>/`: `step-NNNNN.json` + `step-NNNNN.samples.jsonl` per checkpoint,
+`policy-<name>.json` + `.samples.jsonl` per policy, and the held-out curve `curve.jsonl` (and
+`policies.jsonl`) built from those summaries that match the current benchmark and settings.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from t3s.data import Problem, PromptItem, _scan, parse_prompt_item
+from t3s.errors import T3SError
+from t3s.fingerprint import digest, model_fingerprint
+from t3s.generation import Backend, BackendName, Completion, SamplingParams
+from t3s.io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from t3s.metrics import problem_scores, summarize
+from t3s.progress import bar
+from t3s.rundir import RunDir
+from t3s.sampling import SampleRecord, verify_samples
+from t3s.tokens import Template, encode_prompt
+from t3s.verify import VerifierPool, load_verifier
+
+BackendFactory = Callable[[str], Backend]
+
+
+# -- benchmarks ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    path: str
+    problems: list[PromptItem]
+
+    @property
+    def fingerprint(self) -> str:
+        return digest([[p.id, p.prompt, p.answer] for p in self.problems])
+
+
+def parse_bench_row(record: dict[str, Any], where: str) -> PromptItem | Problem:
+    """`id`, `problem` (or `prompt`) and `answer`; a problem is reported under the field read."""
+    key = "prompt" if "problem" not in record and "prompt" in record else "problem"
+    parsed = parse_prompt_item({**record, "prompt": record.get(key)}, where)
+    if isinstance(parsed, Problem) and parsed.field == "prompt":
+        return replace(parsed, field=key)
+    return parsed
+
+
+def bench_name(path: str | Path) -> str:
+    path = Path(path)
+    name = path.name if path.is_dir() else path.stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "bench"
+
+
+def load_bench(path: str | Path) -> Bench:
+    """Read and check a benchmark, failing on the first bad row with a one-line error."""
+    problems, bad = _scan(path, parse_bench_row)
+    if bad:
+        more = f" (and {len(bad) - 1} more problems)" if len(bad) > 1 else ""
+        raise T3SError(f"{bad[0]}{more}")
+    return Bench(bench_name(path), str(path), problems)
+
+
+# -- settings ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalSettings:
+    samples: int = 16
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 32768
+    seed: int = 0
+    template: Template = "auto"
+    verifier: str = "math"
+    verify_timeout: float = 10.0
+    backend: BackendName = "transformers"
+    batch_size: int = 4
+    chunk: int = 32
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        self.sampling()  # validates samples, temperature, top-p, max tokens
+        checks = {
+            "template": (self.template in ("auto", "chat", "plain"), "use auto, chat or plain"),
+            "backend": (self.backend in ("transformers", "vllm"), "use transformers or vllm"),
+            "batch size": (self.batch_size >= 1, "must be at least 1"),
+            "chunk": (self.chunk >= 1, "must be at least 1"),
+            "verify timeout": (self.verify_timeout > 0, "must be positive"),
+        }
+        for name, (ok, hint) in checks.items():
+            if not ok:
+                raise T3SError(f"{name} {getattr(self, name.replace(' ', '_'))!r}: {hint}")
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.samples, self.temperature, self.top_p, self.max_new_tokens, self.seed)
+
+    def params_hash(self) -> str:
+        """What decides the distribution of one sample (not how many are drawn, nor the backend)."""
+        return digest("eval-sampling", self.temperature, self.top_p, self.max_new_tokens, self.seed)
+
+    def sampling_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self.sampling()).items() if k != "n"}
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path]:
+    """`X.json` -> (X.json, X.samples.jsonl); anything else is a directory holding both."""
+    out = Path(out)
+    if out.suffix == ".json":
+        return out, out.with_suffix(".samples.jsonl")
+    return out / "results.json", out / "samples.jsonl"
+
+
+# -- one model on one benchmark ------------------------------------------------------------------
+def make_backend(
+    model_path: str, tokenizer: Any, settings: EvalSettings, *, tokenizer_path: str | None = None
+) -> Backend:
+    """The generation backend for one checkpoint (loads the model)."""
+    import torch
+
+    from t3s.generation import TransformersBackend, VLLMBackend
+    from t3s.models import load_model, resolve_device, resolve_dtype
+
+    if settings.backend == "vllm":
+        # vLLM takes dtype names; ours (with aliases such as bf16) are checked and spelled out here.
+        dtype = settings.dtype
+        if dtype != "auto":
+            dtype = str(resolve_dtype(dtype, torch.device("cuda"))).removeprefix("torch.")
+        return VLLMBackend(
+            model_path,
+            dtype=dtype,
+            trust_remote_code=settings.trust_remote_code,
+            tokenizer=tokenizer_path or model_path,
+        )
+    device = resolve_device(settings.device)
+    model = load_model(
+        model_path,
+        device=device,
+        dtype=resolve_dtype(settings.dtype, device),
+        trust_remote_code=settings.trust_remote_code,
+    )
+    return TransformersBackend(model, tokenizer, settings.batch_size, progress="generate")
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _read_samples(path: Path) -> list[dict[str, Any]]:
+    try:
+        return read_jsonl(path)
+    except ValueError as exc:
+        raise T3SError(f"{path}: a line is not valid JSON ({exc}); remove it or the file") from exc
+
+
+def _stored_samples(
+    path: Path, index: dict[str, int], model_fp: str, params_hash: str, prompt_keys: list[str], n: int
+) -> dict[tuple[int, int], dict[str, Any]]:
+    """The samples already in `path` for this key space, by (problem index, sample index)."""
+    have: dict[tuple[int, int], dict[str, Any]] = {}
+    for r in _read_samples(path):
+        i = index.get(r.get("id"))  # type: ignore[arg-type]
+        if (
+            i is not None
+            and r.get("model") == model_fp
+            and r.get("params") == params_hash
+            and r.get("prompt") == prompt_keys[i]
+            and isinstance(r.get("sample"), int)
+            and 0 <= r["sample"] < n
+        ):
+            have[(i, r["sample"])] = r  # a later line (re-verified) replaces an earlier one
+    return have
+
+
+def _stored(record: dict[str, Any]) -> tuple[SampleRecord, Completion]:
+    fields = {k: record[k] for k in SampleRecord.__dataclass_fields__}
+    return SampleRecord(**fields), Completion(
+        record["completion"], record["num_tokens"], record["finish_reason"]
+    )
+
+
+def _chunks(missing: dict[int, list[int]], size: int) -> list[tuple[list[int], int]]:
+    """(problem indices, samples each): problems missing the same number of samples, `size` at a time."""
+    groups: dict[int, list[int]] = {}
+    for i, ks in missing.items():
+        if ks:
+            groups.setdefault(len(ks), []).append(i)
+    return [
+        (idx[s : s + size], m)
+        for m, idx in sorted(groups.items(), reverse=True)
+        for s in range(0, len(idx), size)
+    ]
+
+
+def evaluate(
+    model_path: str,
+    bench: Bench,
+    settings: EvalSettings,
+    out: str | Path,
+    *,
+    tokenizer: Any | None = None,
+    tokenizer_path: str | None = None,
+    backend_factory: BackendFactory | None = None,
+    verifier: VerifierPool | None = None,
+    label: str | None = None,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score `model_path` on `bench`, generating only the samples not yet in the samples file.
+
+    `tokenizer` (with `tokenizer_path`, where it was loaded from) defaults to the model's own;
+    `backend_factory(model_path)` defaults to `make_backend` and is called only if samples are
+    missing; `info` is merged into the summary (a run's step or policy). Returns the summary.
+    """
+    from t3s.models import load_tokenizer
+
+    summary_path, samples_path = output_paths(out)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_path, trust_remote_code=settings.trust_remote_code)
+        tokenizer_path = model_path
+    problems = bench.problems
+    prompts = [encode_prompt(tokenizer, p.prompt, settings.template) for p in problems]
+    model_fp = model_fingerprint(model_path)
+    params_hash = settings.params_hash()
+    prompt_keys = [digest(ids) for ids in prompts]
+    verify_keys = [digest(settings.verifier, p.answer) for p in problems]
+    n = settings.samples
+    index = {p.id: i for i, p in enumerate(problems)}
+
+    def row(i: int, rec: SampleRecord) -> dict[str, Any]:
+        return {
+            **rec.to_dict(),
+            "answer": problems[i].answer,
+            "model": model_fp,
+            "params": params_hash,
+            "prompt": prompt_keys[i],
+            "verify": verify_keys[i],
+        }
+
+    have = _stored_samples(samples_path, index, model_fp, params_hash, prompt_keys, n)
+    own_pool = verifier is None
+    pool = verifier or VerifierPool(load_verifier(settings.verifier), timeout=settings.verify_timeout)
+    generated = 0
+    try:
+        stale = [(i, k) for (i, k), r in have.items() if r.get("verify") != verify_keys[i]]
+        if stale:
+            stored = [_stored(have[key]) for key in stale]
+            fresh = verify_samples(
+                pool,
+                [
+                    (rec.id, rec.sample, problems[i].answer, c)
+                    for (i, _), (rec, c) in zip(stale, stored, strict=True)
+                ],
+            )
+            for (i, k), rec in zip(stale, fresh, strict=True):
+                have[(i, k)] = row(i, rec)
+                append_jsonl(samples_path, have[(i, k)])
+        missing = {i: [k for k in range(n) if (i, k) not in have] for i in range(len(problems))}
+        todo = _chunks(missing, settings.chunk)
+        if todo:
+            backend = (
+                backend_factory
+                or (lambda path: make_backend(path, tokenizer, settings, tokenizer_path=tokenizer_path))
+            )(model_path)
+            total = sum(len(idx) * m for idx, m in todo)
+            with bar(f"eval {label or Path(model_path).name}", total=total, unit="samples") as progress:
+                for idx, m in todo:
+                    # A seed of its own per chunk: resumed or added samples must not repeat earlier draws.
+                    seed = int(digest(settings.seed, [(problems[i].id, missing[i]) for i in idx]), 16) % 2**31
+                    params = replace(settings.sampling(), n=m, seed=seed)
+                    completions = backend.generate([prompts[i] for i in idx], params)
+                    batch = [
+                        (problems[i].id, missing[i][j], problems[i].answer, c)
+                        for i, cs in zip(idx, completions, strict=True)
+                        for j, c in enumerate(cs)
+                    ]
+                    for rec in verify_samples(pool, batch):
+                        i = index[rec.id]
+                        have[(i, rec.sample)] = row(i, rec)
+                        append_jsonl(samples_path, have[(i, rec.sample)])
+                    generated += len(batch)
+                    progress.advance(len(batch))
+            del backend  # free the model before the next checkpoint is loaded
+            gc.collect()
+            _empty_cuda_cache()
+    finally:
+        if own_pool:
+            pool.close()
+
+    summary = _summarize(problems, have, n)
+    summary = {
+        "model": model_path,
+        "model_fingerprint": model_fp,
+        "bench": bench.path,
+        "bench_name": bench.name,
+        "bench_fingerprint": bench.fingerprint,
+        **(info or {}),
+        "problems": len(problems),
+        "samples": n,
+        "sampling": settings.sampling_dict(),
+        "params_hash": params_hash,
+        "template": settings.template,
+        "verifier": settings.verifier,
+        "backend": settings.backend,
+        "samples_file": samples_path.name,
+        "generated": generated,
+        **summary,
+    }
+    write_json(summary_path, summary)
+    return summary
+
+
+def _summarize(
+    problems: Sequence[PromptItem], have: dict[tuple[int, int], dict[str, Any]], n: int
+) -> dict[str, Any]:
+    """Metrics over problems, total generated tokens, and each problem's own scores."""
+    scores, per_problem = [], []
+    tokens = truncated = 0
+    for i, p in enumerate(problems):
+        rows = [have[(i, k)] for k in range(n)]
+        # Truncated samples never reached a final answer: they do not vote.
+        answers = [r["extracted"] if r["finish_reason"] == "stop" else None for r in rows]
+        correct = [bool(r["correct"]) for r in rows]
+        tokens += sum(r["num_tokens"] for r in rows)
+        truncated += sum(r["finish_reason"] == "length" for r in rows)
+        scores.append(problem_scores(correct, answers))
+        per_problem.append({"id": p.id, "correct": sum(correct), **scores[-1]})
+    metrics: dict[str, Any] = summarize(scores)
+    metrics.update(
+        tokens=tokens, mean_tokens=tokens / (n * len(problems)), truncated=truncated / (n * len(problems))
+    )
+    return {"metrics": metrics, "per_problem": per_problem}
+
+
+# -- a run's trajectory and trained policies ------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    label: str  # the artifact name: step-00010, policy-sft
+    path: str
+    info: dict[str, Any]
+
+
+def run_template(run: RunDir) -> Template:
+    """The prompt template the run was tokenized with, so evaluation conditions like training."""
+    return run.stage("tokenize").get("config", {}).get("template", "auto")
+
+
+def run_base_model(run: RunDir) -> str:
+    base = (run.manifest().get("probe") or {}).get("base") or run.stage("probe").get("model")
+    if not base:
+        raise T3SError(f"run {run.root} has no probe (no base model recorded); run `t3s probe` first")
+    return run.resolve(base)
+
+
+def probe_targets(run: RunDir, steps: Sequence[int] | None = None) -> list[Target]:
+    """θ0 as step 0 and every complete probe checkpoint on disk (or just `steps`)."""
+    from t3s.training import checkpoint_step, list_checkpoints
+
+    found = {0: run_base_model(run)} | {
+        checkpoint_step(p): str(p) for p in list_checkpoints(run.checkpoints_dir)
+    }
+    for k in steps or ():
+        if k not in found:
+            raise T3SError(
+                f"step {k}: no such checkpoint in {run.checkpoints_dir} (on disk: {sorted(found)}); "
+                "probe with --mode all or --keep-step to keep it"
+            )
+    chosen = sorted(set(steps)) if steps else sorted(found)
+    return [Target(f"step-{k:05d}", found[k], {"step": k}) for k in chosen]
+
+
+def policy_targets(run: RunDir, policies: Sequence[str]) -> list[Target]:
+    """The trained models `RUN/train/<policy>/model`; `all` means every one on disk."""
+    root = run.root / "train"
+    if list(policies) == ["all"]:
+        policies = sorted(p.parents[1].name for p in root.glob("*/model/config.json"))
+        if not policies:
+            raise T3SError(f"run {run.root} has no trained policy model under {root}; run `t3s train` first")
+    targets = []
+    for name in policies:
+        path = run.train_dir(name) / "model"
+        if not (path / "config.json").exists():
+            raise T3SError(f"policy {name!r}: no trained model at {path}; run `t3s train` for it first")
+        targets.append(Target(f"policy-{name}", str(path), {"policy": name}))
+    return targets
+
+
+def _matching_rows(
+    out_dir: Path, prefix: str, key: str, bench: Bench, settings: EvalSettings
+) -> list[dict[str, Any]]:
+    """Summary rows of the artifacts in `out_dir` scored on this benchmark with these settings."""
+    want = {
+        "bench_fingerprint": bench.fingerprint,
+        "params_hash": settings.params_hash(),
+        "samples": settings.samples,
+        "template": settings.template,
+        "verifier": settings.verifier,
+    }
+    rows = []
+    for path in sorted(out_dir.glob(f"{prefix}-*.json")):
+        s = read_json(path)
+        if all(s.get(k) == v for k, v in want.items()):
+            rows.append(
+                {
+                    key: s[key],
+                    "model": s["model"],
+                    "problems": s["problems"],
+                    "samples": s["samples"],
+                    **s["metrics"],
+                }
+            )
+    return sorted(rows, key=lambda r: r[key])
+
+
+def evaluate_run(
+    run_path: str | Path,
+    bench: Bench,
+    settings: EvalSettings,
+    *,
+    steps: Sequence[int] | None = None,
+    policies: Sequence[str] | None = None,
+    backend_factory: BackendFactory | None = None,
+) -> list[dict[str, Any]]:
+    """Score the probe trajectory (or the given policies) of a run; returns the curve (or policy) rows.
+
+    Writes `RUN/eval/<bench>/<label>.json` and `.samples.jsonl` per model, then `curve.jsonl`
+    (rows by step) or `policies.jsonl` (rows by policy), rebuilt after each model.
+    """
+    from t3s.models import load_tokenizer
+
+    run = RunDir(run_path)
+    if policies:
+        targets, prefix, key, table = policy_targets(run, policies), "policy", "policy", "policies.jsonl"
+    else:
+        targets, prefix, key, table = probe_targets(run, steps), "step", "step", "curve.jsonl"
+    base = run_base_model(run)
+    # One tokenizer for every checkpoint: the prompts stay identical along the trajectory.
+    tokenizer = load_tokenizer(base, trust_remote_code=settings.trust_remote_code)
+    out_dir = run.root / "eval" / bench.name
+    fp = digest(
+        bench.fingerprint,
+        settings.params_hash(),
+        settings.samples,
+        settings.template,
+        settings.verifier,
+        [(t.label, model_fingerprint(t.path)) for t in targets],
+    )
+    pool = VerifierPool(load_verifier(settings.verifier), timeout=settings.verify_timeout)
+    rows: list[dict[str, Any]] = []
+    try:
+        stage = f"eval:{bench.name}" + (":policies" if policies else "")
+        with run.running(stage, fp, bench=bench.path, targets=[t.label for t in targets]) as extras:
+            for t in targets:
+                evaluate(
+                    t.path,
+                    bench,
+                    settings,
+                    out_dir / f"{t.label}.json",
+                    tokenizer=tokenizer,
+                    tokenizer_path=base,
+                    backend_factory=backend_factory,
+                    verifier=pool,
+                    label=t.label,
+                    info=t.info,
+                )
+                rows = _matching_rows(out_dir, prefix, key, bench, settings)
+                write_jsonl(out_dir / table, rows)
+            extras["table"] = str((out_dir / table).relative_to(run.root))
+    finally:
+        pool.close()
+    return rows
