@@ -127,6 +127,12 @@ def probe(
     gen_batch_size: Annotated[int, typer.Option(help="prompts per generation batch")] = 32,
     backend: Annotated[str, typer.Option(help="generation backend: transformers or vllm")] = "transformers",
     verifier: Annotated[str, typer.Option(help="'math' or module:function")] = "math",
+    heldout: Annotated[
+        str | None, typer.Option(help="a benchmark (id, problem, answer) also scored per checkpoint")
+    ] = None,
+    heldout_prompts: Annotated[
+        int | None, typer.Option(help="seeded subset of the held-out benchmark")
+    ] = None,
     mode: Annotated[str, typer.Option(help="online (θ0, latest, running min) or all checkpoints")] = "online",
     fixed_step: Annotated[
         int | None, typer.Option(help="T3S-simple: θb = this step, no accuracy search")
@@ -181,6 +187,8 @@ def probe(
             batch_size=gen_batch_size,
             backend=backend,
             verifier=verifier,
+            heldout=heldout,
+            heldout_prompts=heldout_prompts,
         ),
     )
     cfg = _tokenize_config(template, max_length, overlong)
@@ -380,10 +388,22 @@ def rrt(
 def run_config(
     config: Annotated[Path, typer.Argument(help="YAML run configuration (see examples/)")],
 ) -> None:
-    """Run the whole chain (probe, profile, select, train each policy, RRT), skipping finished stages."""
+    """Run the whole chain (probe, profile, select, train each policy, RRT), skipping finished stages.
+
+    A config with a top-level `testbed:` mapping runs the built-in testbed instead (see `t3s demo`).
+    """
+    import yaml
+
     from t3s.config import load_config
     from t3s.pipeline import run_pipeline
 
+    if config.exists() and "testbed" in (yaml.safe_load(config.read_text(encoding="utf-8")) or {}):
+        from t3s.cli_demo import print_result
+        from t3s.testbed.config import load_testbed
+        from t3s.testbed.runner import run_testbed
+
+        print_result(run_testbed(load_testbed(config)))
+        return
     models = run_pipeline(load_config(config))
     for name, path in models.items():
         out.print(f"{name:>14}: {path}", highlight=False)
@@ -391,8 +411,9 @@ def run_config(
 
 # -- commands defined in their own modules (each registers on `app` when imported) ---------------
 # (one import line per module, below)
-import t3s.cli_analysis  # noqa: E402, F401
-import t3s.cli_eval  # noqa: E402, F401
+import t3s.cli_analysis  # noqa: E402
+import t3s.cli_demo  # noqa: E402
+import t3s.cli_eval  # noqa: E402
 import t3s.cli_teacher  # noqa: E402, F401
 
 

@@ -27,7 +27,7 @@ from t3s.fingerprint import digest, model_fingerprint
 from t3s.generation import SamplingParams, TransformersBackend, VLLMBackend
 from t3s.io import append_jsonl, read_jsonl, write_json, write_jsonl
 from t3s.rundir import RunDir
-from t3s.sampling import SampleRecord, accuracy, sample_and_verify
+from t3s.sampling import accuracy, sample_and_verify
 from t3s.tokens import TokenizeConfig, TokenizedExample, encode_prompt
 from t3s.training import (
     TrainRecipe,
@@ -57,6 +57,11 @@ class ProbeEval(BaseModel):
     backend: Literal["transformers", "vllm"] = "transformers"
     verifier: str = "math"
     seed: int = 0
+    loss: bool = Field(True, description="also the teacher-forced loss on the training subset")
+    heldout: str | None = Field(
+        None, description="a benchmark (id, problem, answer) scored at each checkpoint too"
+    )
+    heldout_prompts: int | None = Field(None, ge=1, description="a seeded subset of the held-out benchmark")
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.samples, self.temperature, self.top_p, self.max_new_tokens, self.seed)
@@ -90,7 +95,7 @@ def save_steps(recipe: TrainRecipe, settings: ProbeSettings) -> set[int]:
 
 
 class AccuracyProbe:
-    """Measures training accuracy (and teacher-forced loss) of a model on a fixed prompt subset."""
+    """Measures training accuracy, teacher-forced loss and (optionally) held-out accuracy of a model."""
 
     def __init__(
         self,
@@ -102,38 +107,64 @@ class AccuracyProbe:
         settings: ProbeEval,
     ) -> None:
         self.run, self.tokenizer, self.settings = run, tokenizer, settings
+        rng = random.Random(settings.seed)
         index = list(range(len(items)))
         if settings.prompts is not None and settings.prompts < len(index):
-            index = sorted(random.Random(settings.seed).sample(index, settings.prompts))
+            index = sorted(rng.sample(index, settings.prompts))
         by_id = {e.id: e for e in examples}
         self.items = [items[i] for i in index]
-        self.examples = [by_id[t.id] for t in self.items]
-        self.prompts = [encode_prompt(tokenizer, e.prompt, template) for e in self.examples]
+        train = [by_id[t.id] for t in self.items]
+        # One list of prompts to generate for: the training subset, then the held-out subset.
+        self.ids = [e.id for e in train]
+        self.golds = [e.answer for e in train]
+        self.prompts = [encode_prompt(tokenizer, e.prompt, template) for e in train]
+        self.heldout = 0
+        if settings.heldout is not None:
+            from t3s.evaluation import load_bench
+
+            problems = load_bench(settings.heldout).problems
+            if settings.heldout_prompts is not None and settings.heldout_prompts < len(problems):
+                problems = [
+                    problems[i] for i in sorted(rng.sample(range(len(problems)), settings.heldout_prompts))
+                ]
+            self.heldout = len(problems)
+            self.ids += [p.id for p in problems]
+            self.golds += [p.answer for p in problems]
+            self.prompts += [encode_prompt(tokenizer, p.prompt, template) for p in problems]
         self.verifier = VerifierPool(load_verifier(settings.verifier))
 
-    def samples_path(self, step: int) -> Path:
-        return self.run.probe_dir / "samples" / f"step-{step:05d}.jsonl"
+    def samples_path(self, step: int, heldout: bool = False) -> Path:
+        return self.run.probe_dir / "samples" / f"{'heldout-' if heldout else ''}step-{step:05d}.jsonl"
 
     def _local_measure(self, model: Any, checkpoint: Path | None, index: Sequence[int]) -> list[Any]:
-        ids = [self.examples[i].id for i in index]
-        prompts = [self.prompts[i] for i in index]
-        golds = [self.examples[i].answer for i in index]
         if self.settings.backend == "vllm":
             if checkpoint is None:
                 raise T3SError("eval backend 'vllm' needs a saved checkpoint")
             backend: Any = VLLMBackend(str(checkpoint), gpu_memory_utilization=0.3)
         else:
             backend = TransformersBackend(
-                model, self.tokenizer, self.settings.batch_size, progress="train accuracy"
+                model, self.tokenizer, self.settings.batch_size, progress="probe accuracy"
             )
-        records = sample_and_verify(backend, ids, prompts, golds, self.settings.sampling(), self.verifier)
+        records = sample_and_verify(
+            backend,
+            [self.ids[i] for i in index],
+            [self.prompts[i] for i in index],
+            [self.golds[i] for i in index],
+            self.settings.sampling(),
+            self.verifier,
+        )
         del backend
-        was_training = model.training
-        model.eval()
-        nll = [-float(np.nansum(v)) for _, v in sorted(score(model, [self.items[i] for i in index]))]
-        model.train(was_training)
-        tokens = [self.items[i].response_end - self.items[i].response_start for i in index]
-        return [records, nll, tokens]
+        n = self.settings.samples
+        tagged = [(index[j // n], r) for j, r in enumerate(records)]
+        train = [self.items[i] for i in index if i < len(self.items)]
+        nll, tokens = 0.0, 0
+        if train and self.settings.loss:
+            was_training = model.training
+            model.eval()
+            nll = -sum(float(np.nansum(v)) for _, v in score(model, train))
+            model.train(was_training)
+            tokens = sum(t.response_end - max(t.response_start, 1) for t in train)
+        return [tagged, nll, tokens]
 
     def measure(self, model: Any, step: int, checkpoint: Path | None = None) -> dict[str, Any] | None:
         """Measure on every process (each a share of the prompts); the main process gets the row."""
@@ -141,24 +172,30 @@ class AccuracyProbe:
         from accelerate.utils import gather_object
 
         state = PartialState()
-        with state.split_between_processes(list(range(len(self.items)))) as mine:
+        with state.split_between_processes(list(range(len(self.prompts)))) as mine:
             local = self._local_measure(model, checkpoint, mine)
         parts = gather_object([local]) if state.num_processes > 1 else [local]
         if not state.is_main_process:
             return None
-        records: list[SampleRecord] = [r for p in parts for r in p[0]]
-        nll = sum(sum(p[1]) for p in parts)
-        tokens = sum(sum(p[2]) for p in parts)
-        write_jsonl(self.samples_path(step), [r.to_dict() for r in records])
-        return {
+        tagged = [t for p in parts for t in p[0]]
+        train = [r for i, r in tagged if i < len(self.items)]
+        heldout = [r for i, r in tagged if i >= len(self.items)]
+        tokens = sum(p[2] for p in parts)
+        write_jsonl(self.samples_path(step), [r.to_dict() for r in train])
+        row: dict[str, Any] = {
             "step": step,
-            "train_accuracy": accuracy(records),
-            "teacher_forced_loss": nll / max(tokens, 1),
+            "train_accuracy": accuracy(train),
+            "teacher_forced_loss": sum(p[1] for p in parts) / tokens if tokens else None,
             "prompts": len(self.items),
-            "samples": len(records),
-            "truncated": sum(r.finish_reason == "length" for r in records),
-            "mean_tokens": float(np.mean([r.num_tokens for r in records])),
+            "samples": len(train),
+            "truncated": sum(r.finish_reason == "length" for r in train),
+            "mean_tokens": float(np.mean([r.num_tokens for r in train])),
         }
+        if heldout:
+            write_jsonl(self.samples_path(step, heldout=True), [r.to_dict() for r in heldout])
+            row["heldout_accuracy"] = accuracy(heldout)
+            row["heldout_prompts"] = self.heldout
+        return row
 
 
 def _train_loss(log_history: Sequence[dict[str, Any]], step: int) -> float | None:

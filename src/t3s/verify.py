@@ -91,18 +91,20 @@ class VerifierPool:
             self._pool = None
 
     def verify(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
-        if not pairs:
-            return []
-        pool = self._get_pool()
-        pending: list[Any] = [pool.apply_async(_call, (self.fn, g, c)) for g, c in pairs]
-        out: list[Verdict] = []
-        stuck = False
-        for job in pending:
-            try:
-                out.append(job.get(timeout=self.timeout))
-            except mp.TimeoutError:
-                out.append(Verdict(False, None, f"timeout after {self.timeout:g} s"))
-                stuck = True
-        if stuck:  # a worker is still busy with a pathological answer: replace the pool
-            self.close()
-        return out
+        out: list[Verdict | None] = [None] * len(pairs)
+        todo = list(range(len(pairs)))
+        while todo:
+            pool = self._get_pool()
+            jobs: list[tuple[int, Any]] = [(i, pool.apply_async(_call, (self.fn, *pairs[i]))) for i in todo]
+            todo = []
+            # Results are awaited in submission order, so the first one that times out is itself
+            # stuck, not queued behind a stuck answer; the pool is replaced and the rest resubmitted.
+            for pos, (i, job) in enumerate(jobs):
+                try:
+                    out[i] = job.get(timeout=self.timeout)
+                except mp.TimeoutError:
+                    out[i] = Verdict(False, None, f"timeout after {self.timeout:g} s")
+                    self.close()
+                    todo = [j for j, _ in jobs[pos + 1 :]]
+                    break
+        return [v for v in out if v is not None]
