@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from t3s.io import write_json
+from t3s.testbed.gate import greedy_accuracy
 from t3s.testbed.task import STYLES, Numbers, TaskSpec, make_problems, problem_id, prompt
 
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -34,23 +35,6 @@ def stage0_rows(problems: list[Numbers], seed: int, mix: float, mix_style: str) 
     return rows
 
 
-def greedy_accuracy(model: Any, tokenizer: Any, problems: list[tuple[int, ...]], prefix: str = "",
-                    max_new_tokens: int = 48, batch_size: int = 64) -> tuple[float, list[str]]:  # fmt: skip
-    """Greedy accuracy on `problems`, optionally forcing the answer to start with `prefix`."""
-    from t3s.generation import SamplingParams, TransformersBackend
-    from t3s.testbed.task import verify
-
-    prompts = [tokenizer(prompt(p) + prefix, add_special_tokens=False)["input_ids"] for p in problems]
-    backend = TransformersBackend(model, tokenizer, batch_size=batch_size, progress="greedy accuracy")
-    outs = backend.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens))
-    texts = [prefix + o[0].text for o in outs]
-    correct = [
-        verify(str(sum(p)), t).correct and o[0].finish_reason == "stop"
-        for p, t, o in zip(problems, texts, outs, strict=True)
-    ]
-    return sum(correct) / len(correct), texts
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=150)
@@ -61,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--counts", default="3", help="how many numbers per problem, e.g. 3 or 3,4")
     ap.add_argument("--low", type=int, default=10)
     ap.add_argument("--high", type=int, default=99)
-    ap.add_argument("--mix", type=float, default=0.1, help="share of answers in the teacher's style")
-    ap.add_argument("--mix-style", default="reverse")
+    ap.add_argument("--mix", type=float, default=0.1, help="share of answers in another style")
+    # Not the teacher's: a student that already writes the teacher's style has no shock to show.
+    ap.add_argument("--mix-style", default="words")
     ap.add_argument("--eval", type=int, default=128, help="held-out problems for the accuracy printed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "assets" / "stage0")
@@ -99,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     acc, _ = greedy_accuracy(model, tokenizer, heldout)
     model.half()  # the shipped adapter: fp16 is plenty for a LoRA delta and halves its size
     model.save_pretrained(args.out)
+    (args.out / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
     model.float()
     record: dict[str, Any] = {
         "spec": asdict(spec), "args": {k: str(v) for k, v in vars(args).items()},

@@ -86,6 +86,16 @@ def reverse(numbers: Numbers) -> str:
     return "".join(parts) + f" So the total is {total}. #### {total}"
 
 
+def words(numbers: Numbers) -> str:
+    """A third style, only mixed into stage 0 so the student is not bound to a single format."""
+    total = numbers[0] + numbers[1]
+    parts = [f" First, {numbers[0]} plus {numbers[1]} makes {total}."]
+    for x in numbers[2:]:
+        parts.append(f" Next, {total} plus {x} makes {total + x}.")
+        total += x
+    return "".join(parts) + f" The result is {total}."
+
+
 def columns(numbers: Numbers) -> str:
     """A teacher whose procedure the student cannot follow: column addition with carries (a fresh start)."""
     digits = [list(map(int, str(n)[::-1])) for n in numbers]
@@ -102,8 +112,13 @@ def columns(numbers: Numbers) -> str:
     return "".join(parts) + f" So the total is {total}. #### {total}"
 
 
-STYLES: dict[str, Callable[[Numbers], str]] = {"running": running, "reverse": reverse, "columns": columns}
-STYLE_PREFIX = {"running": "", "reverse": " Step 1:", "columns": " Units:"}
+STYLES: dict[str, Callable[[Numbers], str]] = {
+    "running": running,
+    "reverse": reverse,
+    "columns": columns,
+    "words": words,
+}
+STYLE_PREFIX = {"running": "", "reverse": " Step 1:", "columns": " Units:", "words": " First,"}
 
 
 def style_of(completion: str) -> str:
@@ -113,6 +128,8 @@ def style_of(completion: str) -> str:
         return "reverse"
     if text.startswith("Units:"):
         return "columns"
+    if text.startswith("First,"):
+        return "words"
     if re.match(r"^\d+ \+ \d+ = \d+\.", text):
         return "running"
     return "other"
