@@ -121,7 +121,11 @@ def world_size() -> int:
 
 
 def training_arguments(
-    recipe: TrainRecipe, output_dir: Path, *, save_steps: int | None = None, save_total_limit: int | None = None
+    recipe: TrainRecipe,
+    output_dir: Path,
+    *,
+    save_steps: int | None = None,
+    save_total_limit: int | None = None,
 ) -> Any:
     from transformers import TrainingArguments
 
@@ -166,7 +170,9 @@ def _checkpointing_arg(cls: Any, enabled: bool) -> dict[str, bool]:
     if not enabled:
         return {}
     fields = getattr(cls, "__dataclass_fields__", {})
-    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": True}
+    return {
+        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": True
+    }
 
 
 def sft_dataset(items: Sequence[TokenizedExample], labels: Sequence[list[int]] | None = None) -> Any:
