@@ -42,5 +42,5 @@ def test_hanging_answers_time_out_and_healthy_ones_behind_them_do_not(tmp_path: 
 
 
 def test_unknown_verifier_is_one_line() -> None:
-    with pytest.raises(T3SError, match="verifier 'nope.mod:fn': cannot import it"):
+    with pytest.raises(T3SError, match="verifier 'nope.mod:fn': cannot import nope.mod:fn"):
         load_verifier("nope.mod:fn")

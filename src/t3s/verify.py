@@ -8,7 +8,6 @@ answer must not hang or crash a whole probe or evaluation.
 from __future__ import annotations
 
 import atexit
-import importlib
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from multiprocessing.pool import Pool
 from typing import Any
 
-from t3s.errors import T3SError
+from t3s.imports import import_callable
 
 
 @dataclass(frozen=True)
@@ -46,14 +45,7 @@ def load_verifier(spec: str | None) -> VerifyFn:
     """`None` or 'math' gives math-verify; 'package.module:function' a custom (gold, completion) -> Verdict."""
     if spec in (None, "math"):
         return math_verify
-    module_name, _, attr = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise T3SError(f"verifier {spec!r}: cannot import it ({exc})") from exc
-    if not callable(fn):
-        raise T3SError(f"verifier {spec!r} is not callable")
-    return fn
+    return import_callable(spec, f"verifier {spec!r}")
 
 
 def _call(fn: VerifyFn, gold: str, completion: str) -> Verdict:

@@ -9,7 +9,6 @@ still missing from the store) and hands every finished sample to a sink as soon 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
 import random
 import re
@@ -22,6 +21,7 @@ from t3s.data import Prompt
 from t3s.errors import T3SError
 from t3s.fingerprint import digest
 from t3s.generation import SamplingParams
+from t3s.imports import import_callable
 
 Kind = Literal["openai", "vllm", "hf", "python"]
 ReasoningFormat = Literal["think-tags", "content-only"]
@@ -154,14 +154,7 @@ class PythonBackend:
         self.fn: TeacherFn | None = None
 
     def prepare(self) -> None:
-        module_name, _, attr = self.ref.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise T3SError(f"teacher {self.teacher!r}: cannot import {self.ref} ({exc})") from exc
-        if not callable(fn):
-            raise T3SError(f"teacher {self.teacher!r}: {self.ref} is not callable")
-        self.fn = fn
+        self.fn = import_callable(self.ref, f"teacher {self.teacher!r}")
 
     def info(self) -> dict[str, Any]:
         return {"backend": "python", "function": self.ref}
