@@ -36,6 +36,7 @@ class Design:
     s0_adapter: str = ""  # an existing stage-0 adapter directory: skip stage 0
     # distillation
     counts: tuple[int, ...] = (3,)
+    heldout_counts: tuple[int, ...] = ()  # held-out problems' counts (default: as in training)
     low: int = 10
     high: int = 99
     train: int = 256
@@ -65,6 +66,14 @@ design(name="hard", high=999, low=10, notes="distil on 3 numbers up to 3 digits;
 design(name="narrow", s0_high=49, notes="stage 0 only on numbers 10-49; distil on 10-99")
 design(name="few", s0_problems=150, train=1024, notes="stage 0 on 150 problems; distil on 1024 new ones")
 design(name="mix34", counts=(3, 4), notes="distil on 3 and 4 numbers; stage 0 saw 3")
+design(
+    name="retention",
+    s0_counts=(3, 4),
+    s0_high=49,
+    counts=(3,),
+    heldout_counts=(3, 4),
+    notes="stage 0: 3 and 4 numbers in 10-49; distil on 3 numbers in 10-99; held out: 3 and 4 numbers",
+)
 
 
 def stage0(d: Design, root: Path, device: str) -> tuple[Path, float]:
@@ -103,7 +112,8 @@ def run_seed(d: Design, student: Path, root: Path, seed: int, device: str) -> di
     t0 = time.time()
     spec = TaskSpec(d.counts, d.low, d.high)
     train = make_problems(spec, d.train, 10_000 + seed)
-    heldout = make_problems(spec, d.heldout, 99, exclude=set(train))
+    heldout_spec = TaskSpec(d.heldout_counts or d.counts, d.low, d.high)
+    heldout = make_problems(heldout_spec, d.heldout, 99, exclude=set(train))
     rows = Split(train).corpus_rows(d.teacher)
     corpus = root / f"corpus-{seed}.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -193,7 +203,8 @@ def main() -> None:
     rows = []
     for name in args.design.split(","):
         d = Design(**{**DESIGNS[name], **overrides})
-        d = replace(d, counts=tuple(d.counts), s0_counts=tuple(d.s0_counts), thresholds=tuple(d.thresholds))
+        d = replace(d, counts=tuple(d.counts), s0_counts=tuple(d.s0_counts), thresholds=tuple(d.thresholds),
+                    heldout_counts=tuple(d.heldout_counts))  # fmt: skip
         root = args.work / d.name
         root.mkdir(parents=True, exist_ok=True)
         student, s0_acc = stage0(d, root, device)

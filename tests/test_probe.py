@@ -192,3 +192,39 @@ def test_other_corpus_or_tokenizer_is_refused(tiny_model: Path, tmp_path: Path, 
     assert proc.returncode == 2
     assert f"corpus {other} differs from the one run {all_mode_run} was started with" in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_lora_probe_saves_adapters_that_profile_and_train(tiny_model: Path, tmp_path: Path) -> None:
+    from conftest import arithmetic_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "c.jsonl", arithmetic_rows(8))
+    run = tmp_path / "run"
+    t3s("probe", "--model", str(tiny_model), "--data", str(data), "--run", str(run), "--lora", "--lora-r", "4",
+        "--eval-every", "3", *PROBE_ARGS)  # fmt: skip
+    final = run / "probe" / "checkpoints" / "checkpoint-6"
+    assert (final / "adapter_config.json").exists() and not (final / "model.safetensors").exists()
+    t3s("profile", "--run", str(run))
+    t3s("select", "--run", str(run), "--policy", "t3s")
+    t3s("train", "--run", str(run), "--policy", "t3s")
+    assert (run / "train" / "t3s" / "model" / "model.safetensors").exists()  # merged, plain checkpoint
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "/no/such/model"], "model '/no/such/model': no such directory"),
+        (["--steps", "0"], "steps: Input should be greater than or equal to 1"),
+        (["--batch-size", "6", "--micro-batch-size", "4"], "not a multiple of micro_batch_size"),
+        (["--mode", "sometimes"], "mode: Input should be 'online' or 'all'"),
+    ],
+)
+def test_bad_probe_arguments_are_one_line_errors(
+    tiny_model: Path, tmp_path: Path, args: list, message: str
+) -> None:
+    from conftest import arithmetic_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "c.jsonl", arithmetic_rows(4))
+    base = ["probe", "--model", str(tiny_model), "--data", str(data), "--run", str(tmp_path / "r")]
+    proc = t3s(*base, *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "r" / "probe" / "bottleneck.json").exists()
