@@ -40,14 +40,21 @@ def greedy_accuracy(
 
 
 def competence_gate(
-    model: Any, tokenizer: Any, problems: Sequence[Numbers], teacher: str, max_new_tokens: int = 48
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[Numbers],
+    teacher: str,
+    max_new_tokens: int = 48,
+    own_accuracy: float | None = None,
 ) -> dict[str, Any]:
-    own, _ = greedy_accuracy(model, tokenizer, problems, max_new_tokens=max_new_tokens)
+    """Own-style and forced-prefix accuracy; `own_accuracy` reuses a greedy score of the same problems."""
+    if own_accuracy is None:
+        own_accuracy, _ = greedy_accuracy(model, tokenizer, problems, max_new_tokens=max_new_tokens)
     forced, _ = greedy_accuracy(model, tokenizer, problems, STYLE_PREFIX[teacher], max_new_tokens)
     return {
         "teacher": teacher,
         "prefix": STYLE_PREFIX[teacher],
         "problems": len(problems),
-        "own_style_accuracy": own,
+        "own_style_accuracy": own_accuracy,
         "forced_teacher_prefix_accuracy": forced,
     }

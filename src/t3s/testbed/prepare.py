@@ -42,9 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--problems", type=int, default=2000, help="distinct training problems")
-    ap.add_argument("--counts", default="3", help="how many numbers per problem, e.g. 3 or 3,4")
+    # The shipped student: sums of 3 or 4 numbers, each at most 49. Distillation then brings numbers
+    # up to 99 (new arithmetic, which the teacher knows) and three-number problems only.
+    ap.add_argument("--counts", default="3,4", help="how many numbers per problem, e.g. 3 or 3,4")
     ap.add_argument("--low", type=int, default=10)
-    ap.add_argument("--high", type=int, default=99)
+    ap.add_argument("--high", type=int, default=49)
     ap.add_argument("--mix", type=float, default=0.1, help="share of answers in another style")
     # Not the teacher's: a student that already writes the teacher's style has no shock to show.
     ap.add_argument("--mix-style", default="words")

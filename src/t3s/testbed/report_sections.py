@@ -6,6 +6,7 @@ import statistics
 from typing import Any
 
 from matplotlib.figure import Figure as MplFigure
+from matplotlib.ticker import MaxNLocator
 
 from t3s.analysis import plots
 from t3s.report import Figure, Item, ReportContext, ReportRun, Section, Table, Text, pct, section_builder
@@ -40,6 +41,7 @@ def shock_figure(curve: list[dict[str, Any]], bottleneck: int | None, teacher: s
                 bottleneck, color=plots.BOTTLENECK_COLOR, linestyle="--", label=f"θb (step {bottleneck})"
             )
         ax.set(title=title, xlabel=plots.STEP_LABEL, ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     return fig
@@ -47,17 +49,14 @@ def shock_figure(curve: list[dict[str, Any]], bottleneck: int | None, teacher: s
 
 def _final_rows(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]], str]:
     names = list(runs[0]["final"])
+    counts = sorted(runs[0]["final"][names[0]].get("by_count", {}), key=int)
     if len(runs) == 1:
         f = runs[0]["final"]
         rows = [[n, f"{100 * f[n]['accuracy']:.1f}% ± {100 * (f[n]['stderr'] or 0):.1f}", f[n]["problems"],
+                 *(pct(f[n]["by_count"][c]) for c in counts),
                  pct(f[n]["teacher_style"]), f"{f[n]['mean_tokens']:.1f}"] for n in names]  # fmt: skip
-        columns = [
-            "model",
-            "held-out accuracy ± s.e.",
-            "problems",
-            "teacher-style answers",
-            "tokens / answer",
-        ]
+        columns = ["model", "held-out accuracy ± s.e.", "problems", *(f"{c} numbers" for c in counts),
+                   "teacher-style answers", "tokens / answer"]  # fmt: skip
         note = "Greedy decoding; the standard error is over problems (one seed)."
         return columns, rows, note
     rows = []

@@ -28,7 +28,7 @@ VERIFIER = "t3s.testbed.task:verify"
 def _testbed_recipe() -> TrainRecipe:
     # TESTBED-NOTES third attempt: AdamW (0.9, 0.95), lr 1e-4, short warmup, the upper half trained.
     return TrainRecipe(
-        steps=24, batch_size=16, micro_batch_size=16, lr=1e-4, warmup_steps=3, seed=0,
+        steps=18, batch_size=16, micro_batch_size=16, lr=1e-4, warmup_steps=3, seed=0,
         freeze_layers=15, freeze_embeddings=True, mixed_precision="no",
     )  # fmt: skip
 
@@ -41,18 +41,21 @@ class TestbedConfig(BaseModel):
     )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     counts: list[int] = Field(default_factory=lambda: [3], description="how many numbers a problem sums")
+    heldout_counts: list[int] | None = Field(
+        default_factory=lambda: [3, 4], description="the held-out problems' counts (None: as in training)"
+    )
     low: int = 10
     high: int = 99
     teacher: str = "reverse"
     train_problems: int = Field(256, ge=8)
     heldout_problems: int = Field(128, ge=8, description="the final table's held-out problems")
-    curve_prompts: int = Field(32, ge=1, description="training prompts scored at each checkpoint")
-    curve_heldout: int = Field(32, ge=1, description="held-out problems scored at each checkpoint")
+    curve_prompts: int = Field(24, ge=1, description="training prompts scored at each checkpoint")
+    curve_heldout: int = Field(24, ge=1, description="held-out problems scored at each checkpoint")
     eval_every: int = Field(3, ge=1)
-    max_new_tokens: int = Field(48, ge=8)
+    max_new_tokens: int = Field(72, ge=8)
     recipe: TrainRecipe = Field(default_factory=_testbed_recipe)
     profile_steps: list[int] = Field(
-        default_factory=list, description="extra checkpoints scored (token groups)"
+        default_factory=lambda: [3], description="checkpoints scored besides θ0, θb and the final one"
     )
     policies: list[SelectOptions] = Field(
         default_factory=lambda: [SelectOptions(policy="t3s"), SelectOptions(policy="inverse")]
@@ -65,6 +68,9 @@ class TestbedConfig(BaseModel):
 
     def spec(self) -> TaskSpec:
         return TaskSpec(tuple(self.counts), self.low, self.high)
+
+    def heldout_spec(self) -> TaskSpec:
+        return TaskSpec(tuple(self.heldout_counts or self.counts), self.low, self.high)
 
 
 def student_model(name: str) -> str:
@@ -87,9 +93,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def prepare_data(cfg: TestbedConfig, seed: int, root: Path) -> dict[str, Path]:
     """Training prompts (seeded), a held-out benchmark shared by all seeds, and its curve subset."""
-    spec = cfg.spec()
-    heldout = make_problems(spec, cfg.heldout_problems, seed=7_777)
-    train = make_problems(spec, cfg.train_problems, seed=1_000 + seed, exclude=set(heldout))
+    heldout = make_problems(cfg.heldout_spec(), cfg.heldout_problems, seed=7_777)
+    train = make_problems(cfg.spec(), cfg.train_problems, seed=1_000 + seed, exclude=set(heldout))
     data = root / "data"
     return {
         "prompts": _write_jsonl(data / "train-prompts.jsonl", Split(train).prompt_rows()),
@@ -111,6 +116,8 @@ def teacher_corpus(cfg: TestbedConfig, prompts: Path, root: Path) -> Path:
 def run_config(cfg: TestbedConfig, student: str, corpus: Path, curve: Path, root: Path, seed: int) -> Any:
     from t3s.config import CrossModel, ProfileSettings, RunConfig, TokenizeSettings
 
+    # With policies to train, the final checkpoint is scored too: persistent drops, token-group curves.
+    profile_steps = sorted({*cfg.profile_steps, cfg.recipe.steps}) if cfg.policies else cfg.profile_steps
     probe = ProbeSettings(
         keep_steps=cfg.profile_steps,
         eval=ProbeEval(
@@ -130,7 +137,7 @@ def run_config(cfg: TestbedConfig, student: str, corpus: Path, curve: Path, root
         tokenize=TokenizeSettings(template="plain", max_length=160),
         recipe=cfg.recipe.model_copy(update={"seed": seed}),
         probe=probe,
-        profile=ProfileSettings(steps=cfg.profile_steps, cross_models=cross),
+        profile=ProfileSettings(steps=profile_steps, cross_models=cross),
         policies=cfg.policies,
         rrt=cfg.rrt,
     )
@@ -152,16 +159,21 @@ def score_models(
     from t3s.evaluation import EvalSettings, evaluate, load_bench
 
     bench = load_bench(heldout)
+    # One generate call per model (chunk): the set is small and a killed demo just reruns it.
     settings = EvalSettings(samples=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
-                            template="plain", verifier=VERIFIER, batch_size=64)  # fmt: skip
+                            template="plain", verifier=VERIFIER, batch_size=64, chunk=cfg.heldout_problems)  # fmt: skip
     out: dict[str, Any] = {}
     for name, path in models.items():
         target = root / "eval" / "heldout" / f"{name}.json"
         summary = evaluate(path, bench, settings, target, tokenizer=tokenizer, label=name)
         samples = read_jsonl(target.with_suffix(".samples.jsonl"))
         styles = [style_of(s["completion"]) for s in samples]
+        by_count: dict[str, list[bool]] = {}
+        for sample in samples:  # ids are s<a>-<b>-<c>...: the number of operands
+            by_count.setdefault(str(sample["id"].count("-") + 1), []).append(bool(sample["correct"]))
         m = summary["metrics"]
         out[name] = {
+            "by_count": {k: sum(v) / len(v) for k, v in sorted(by_count.items())},
             "accuracy": m["avg@1"], "stderr": m["avg@1_stderr"], "problems": summary["problems"],
             "teacher_style": styles.count(cfg.teacher) / len(styles), "own_style": styles.count("running") / len(styles),
             "mean_tokens": m["mean_tokens"], "path": path,
@@ -211,9 +223,12 @@ def run_seed(cfg: TestbedConfig, seed: int, root: Path) -> dict[str, Any]:
     if gate_path.exists():
         gate = read_json(gate_path)
     else:
-        heldout = make_problems(cfg.spec(), cfg.heldout_problems, seed=7_777)
+        heldout = make_problems(cfg.heldout_spec(), cfg.heldout_problems, seed=7_777)
         model = load_model(student, device=torch.device("cpu") if not torch.cuda.is_available() else None)
-        gate = competence_gate(model, tokenizer, heldout, cfg.teacher, cfg.max_new_tokens)
+        # The base model's held-out score above is the own-style half of the gate: same problems, greedy.
+        gate = competence_gate(
+            model, tokenizer, heldout, cfg.teacher, cfg.max_new_tokens, final["base"]["accuracy"]
+        )
         write_json(gate_path, gate)
     analyze(root, cfg.analyses, AnalysisOptions(), skip_missing=True)
     summary = {
