@@ -48,14 +48,14 @@ class TestbedConfig(BaseModel):
     high: int = 99
     teacher: str = "reverse"
     train_problems: int = Field(256, ge=8)
-    heldout_problems: int = Field(128, ge=8, description="the final table's held-out problems")
-    curve_prompts: int = Field(24, ge=1, description="training prompts scored at each checkpoint")
-    curve_heldout: int = Field(24, ge=1, description="held-out problems scored at each checkpoint")
+    heldout_problems: int = Field(96, ge=8, description="the final table's held-out problems")
+    curve_prompts: int = Field(16, ge=1, description="training prompts scored at each checkpoint")
+    curve_heldout: int = Field(16, ge=1, description="held-out problems scored at each checkpoint")
     eval_every: int = Field(3, ge=1)
     max_new_tokens: int = Field(72, ge=8)
     recipe: TrainRecipe = Field(default_factory=_testbed_recipe)
     profile_steps: list[int] = Field(
-        default_factory=lambda: [3], description="checkpoints scored besides θ0, θb and the final one"
+        default_factory=list, description="checkpoints scored besides θ0, θb and the final one"
     )
     policies: list[SelectOptions] = Field(
         default_factory=lambda: [SelectOptions(policy="t3s"), SelectOptions(policy="inverse")]
