@@ -68,10 +68,14 @@ class RunConfig(_Strict):
     @field_validator("policies", mode="before")
     @classmethod
     def _short_policies(cls, value: Any) -> Any:
-        # `- t3s` is shorthand for `- {policy: t3s}`.
-        if isinstance(value, list):
-            return [{"policy": v} if isinstance(v, str) else v for v in value]
-        return value
+        return short_policies(value)
+
+
+def short_policies(value: Any) -> Any:
+    """`- t3s` in a policy list is shorthand for `- {policy: t3s}`."""
+    if isinstance(value, list):
+        return [{"policy": v} if isinstance(v, str) else v for v in value]
+    return value
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,8 @@ def train_policy(
     ckpt_dir = out / "checkpoints"
     if state.is_main_process:
         remove_incomplete_checkpoints(ckpt_dir)
-        run.set_stage(stage, status="running", fingerprint=fp)
+        run.set_stage(stage, status="running", fingerprint=fp, started=time.ctime())
+    start = time.time()
     tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
     dtype = torch.bfloat16 if recipe.param_dtype == "bfloat16" else torch.float32
     model = prepare_model(
@@ -105,6 +107,7 @@ def train_policy(
         os.replace(tmp, out / "model")
         write_jsonl(out / "log.jsonl", rows)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-        run.set_stage(stage, status="done", fingerprint=fp, summary=summary)
+        run.set_stage(stage, status="done", fingerprint=fp, summary=summary, finished=time.ctime(),
+                      seconds=round(time.time() - start, 2))  # fmt: skip
     state.wait_for_everyone()
     return summary

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from t3s.config import short_policies
 from t3s.io import read_json, read_jsonl, write_json
 from t3s.probe import ProbeEval, ProbeSettings
 from t3s.selection import SelectOptions
@@ -65,6 +66,11 @@ class TestbedConfig(BaseModel):
     )
     rrt: bool = True
     analyses: list[str] = Field(default_factory=lambda: ["shock", "groups", "tokens", "drops"])
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _short_policies(cls, value: Any) -> Any:
+        return short_policies(value)
 
     def spec(self) -> TaskSpec:
         return TaskSpec(tuple(self.counts), self.low, self.high)

@@ -1,0 +1,34 @@
+"""Every shipped example config validates, so a user's first `t3s run` does not fail on our typo."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from t3s.config import load_config
+from t3s.testbed.config import load_testbed
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_config_validates(path: Path) -> None:
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if "testbed" in raw:
+        cfg = load_testbed(path)
+        assert len(cfg.seeds) >= 1 and cfg.policies
+        names = [p.policy for p in cfg.policies]
+    else:
+        cfg = load_config(path)
+        names = [p.policy for p in cfg.policies]
+    assert "t3s" in names
+
+
+def test_testbed_full_is_the_issue_comparison() -> None:
+    cfg = load_testbed(Path(__file__).parent.parent / "examples" / "testbed-full.yaml")
+    assert len(cfg.seeds) >= 3 and cfg.cross_student
+    kinds = {(p.policy, p.selector, p.profile, p.match) for p in cfg.policies}
+    assert {("static-high", "bottleneck", None, "t3s"), ("static-low", "bottleneck", None, "t3s"),
+            ("random", "bottleneck", None, "t3s"), ("inverse", "bottleneck", None, None)} <= kinds  # fmt: skip
+    assert {p.selector for p in cfg.policies} >= {"bottleneck", "step5", "step12"}
+    assert all(int(s[4:]) in cfg.profile_steps for s in {p.selector for p in cfg.policies} - {"bottleneck"})
