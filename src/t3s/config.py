@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from t3s.errors import T3SError
 from t3s.probe import ProbeSettings
@@ -47,6 +47,17 @@ class ProfileSettings(_Strict):
     cross_models: list[CrossModel] = Field(default_factory=list)
 
 
+def _short_policies(value: Any) -> Any:
+    """`- t3s` in a policy list is shorthand for `- {policy: t3s}`."""
+    if isinstance(value, list):
+        return [{"policy": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+# A policy list as configs write it; the testbed's config uses the same type.
+PolicyList = Annotated[list[SelectOptions], BeforeValidator(_short_policies)]
+
+
 class RunConfig(_Strict):
     run_dir: Path
     model: str = Field(description="the student θ0")
@@ -56,7 +67,7 @@ class RunConfig(_Strict):
     recipe: TrainRecipe = Field(default_factory=TrainRecipe)
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     profile: ProfileSettings = Field(default_factory=ProfileSettings)
-    policies: list[SelectOptions] = Field(default_factory=lambda: [SelectOptions(policy="t3s")])
+    policies: PolicyList = Field(default_factory=lambda: [SelectOptions(policy="t3s")])
     save_every: int = Field(10, ge=1, description="resume checkpoints of each retraining")
     rrt: bool = True
 
@@ -64,18 +75,6 @@ class RunConfig(_Strict):
     @classmethod
     def _home(cls, value: Any) -> Any:
         return os.path.expanduser(value) if isinstance(value, str) else value
-
-    @field_validator("policies", mode="before")
-    @classmethod
-    def _short_policies(cls, value: Any) -> Any:
-        return short_policies(value)
-
-
-def short_policies(value: Any) -> Any:
-    """`- t3s` in a policy list is shorthand for `- {policy: t3s}`."""
-    if isinstance(value, list):
-        return [{"policy": v} if isinstance(v, str) else v for v in value]
-    return value
 
 
 def _location(loc: tuple[Any, ...]) -> str:

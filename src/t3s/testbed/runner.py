@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from t3s.config import short_policies
+from t3s.config import PolicyList
 from t3s.io import read_json, read_jsonl, write_json
 from t3s.probe import ProbeEval, ProbeSettings
 from t3s.selection import SelectOptions
@@ -58,7 +58,7 @@ class TestbedConfig(BaseModel):
     profile_steps: list[int] = Field(
         default_factory=list, description="checkpoints scored besides θ0, θb and the final one"
     )
-    policies: list[SelectOptions] = Field(
+    policies: PolicyList = Field(
         default_factory=lambda: [SelectOptions(policy="t3s"), SelectOptions(policy="inverse")]
     )
     cross_student: str | None = Field(
@@ -66,11 +66,6 @@ class TestbedConfig(BaseModel):
     )
     rrt: bool = True
     analyses: list[str] = Field(default_factory=lambda: ["shock", "groups", "tokens", "drops"])
-
-    @field_validator("policies", mode="before")
-    @classmethod
-    def _short_policies(cls, value: Any) -> Any:
-        return short_policies(value)
 
     def spec(self) -> TaskSpec:
         return TaskSpec(tuple(self.counts), self.low, self.high)
