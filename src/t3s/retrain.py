@@ -17,6 +17,7 @@ from t3s.rundir import RunDir
 from t3s.selection import file_digest
 from t3s.tokens import TokenizedExample
 from t3s.training import (
+    NonFiniteLoss,
     TrainRecipe,
     build_trainer,
     list_checkpoints,
@@ -92,7 +93,15 @@ def train_policy(
     )
     latest = list_checkpoints(ckpt_dir, resumable=True)
     trainer.args.save_total_limit = 1
-    trainer.train(resume_from_checkpoint=str(latest[-1]) if latest else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(latest[-1]) if latest else None)
+    except NonFiniteLoss as exc:
+        # Keep the log up to and including the bad step; no model is written and the stage is not done.
+        message = f"train {name}: non-finite loss ({exc.loss}) at step {exc.step}; see {out / 'log.jsonl'}"
+        if state.is_main_process:
+            write_jsonl(out / "log.jsonl", log_history_rows(trainer))
+            run.set_stage(stage, status="failed", error=message)
+        raise T3SError(message) from exc
     tmp = out / ".model.tmp"
     if recipe.lora is not None:
         trainer.model = trainer.model.merge_and_unload()  # a plain checkpoint, for eval and RRT alike

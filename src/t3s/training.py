@@ -2,14 +2,18 @@
 
 The same code trains the probe (plain SFT) and every masked policy: a mask is only `labels`
 set to -100. Trainer counts the supervised tokens of all micro-batches of an optimizer step on
-all processes (`num_items_in_batch`, `average_tokens_across_devices`) and the model's loss sums
-token losses and divides by that count, so the loss is the mean over kept tokens of the whole
-global batch and masking never rescales the step size. Runs under `accelerate launch` (DDP, FSDP,
-DeepSpeed) unchanged.
+all processes (`num_items_in_batch`, `average_tokens_across_devices`) and the loss sums token
+losses and divides by that count, so the loss is the mean over kept tokens of the whole global
+batch and masking never rescales the step size. A model whose `forward` takes Trainer's loss
+kwargs computes that loss itself; for any other model `build_trainer` computes it from the logits
+(`causal_lm_loss`), since Trainer would otherwise average per-micro-batch means. A non-finite loss
+stops training at the step it appears (`NonFiniteLoss`). Runs under `accelerate launch` (DDP,
+FSDP, DeepSpeed) unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 from collections.abc import Sequence
@@ -24,6 +28,8 @@ from t3s.errors import T3SError
 from t3s.tokens import TokenizedExample
 
 IGNORE = -100
+
+_log = logging.getLogger(__name__)
 
 
 class LoraSettings(BaseModel):
@@ -160,6 +166,8 @@ def training_arguments(
         save_steps=save_steps or recipe.steps,
         save_total_limit=save_total_limit,
         average_tokens_across_devices=True,
+        # Trainer's default logs the mean of earlier losses in place of a NaN/inf one, hiding divergence.
+        logging_nan_inf_filter=False,
         remove_unused_columns=True,
         dataloader_drop_last=False,
     )
@@ -184,6 +192,44 @@ def sft_dataset(items: Sequence[TokenizedExample], labels: Sequence[list[int]] |
     return datasets.Dataset.from_dict({"input_ids": [t.input_ids for t in items], "labels": list(labels)})
 
 
+def causal_lm_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Summed next-token cross-entropy of the kept labels / `num_items_in_batch` (Trainer's compute_loss_func).
+
+    The same transformers function a causal LM calls on its own labels, so this path and the model's
+    are the same loss. Trainer counts kept labels over `labels[..., 1:]` or all of `labels`,
+    depending on the model; both agree here: prompts are never empty, so label 0 is always -100.
+    """
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    return ForCausalLMLoss(
+        logits, labels, logits.shape[-1], num_items_in_batch=num_items_in_batch, ignore_index=IGNORE
+    )
+
+
+class NonFiniteLoss(T3SError):
+    """Training logged a NaN or infinite loss; its row is the last of the trainer's log history."""
+
+    def __init__(self, where: Path, step: int, loss: float) -> None:
+        super().__init__(f"{where}: non-finite loss ({loss}) at step {step}; training stopped")
+        self.step = step
+        self.loss = loss
+
+
+def _stop_on_nonfinite_loss(where: Path) -> Any:
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        # Every process logs the same all-reduced loss, so all of them stop at the same step.
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise NonFiniteLoss(where, state.global_step, loss)
+            return control
+
+    return StopOnNonFiniteLoss()
+
+
 def build_trainer(
     model: Any,
     tokenizer: Any,
@@ -202,14 +248,26 @@ def build_trainer(
     collator = DataCollatorForSeq2Seq(
         tokenizer, padding=True, label_pad_token_id=IGNORE, pad_to_multiple_of=8
     )
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, _stop_on_nonfinite_loss(output_dir)],
     )
+    # Trainer passes `num_items_in_batch` only to a forward that takes **kwargs (seen through PEFT);
+    # otherwise it would average per-micro-batch means. Its compute_loss_func gets the same global
+    # count and the same rescaling for gradient accumulation and processes as the model path.
+    if trainer.model_accepts_loss_kwargs:
+        _log.info("loss: %s normalises by the global kept-token count itself", type(model).__name__)
+    else:
+        trainer.compute_loss_func = causal_lm_loss
+        _log.info(
+            "loss: %s.forward takes no loss kwargs; t3s normalises by the global kept-token count",
+            type(model).__name__,
+        )
+    return trainer
 
 
 def checkpoint_step(path: Path) -> int:
@@ -248,5 +306,14 @@ def strip_training_state(checkpoint: Path) -> None:
 
 
 def log_history_rows(trainer: Any) -> list[dict[str, Any]]:
-    """Per-step training log (loss, grad norm, lr) from Trainer's history, without the summary row."""
-    return [row for row in trainer.state.log_history if "loss" in row and math.isfinite(row["loss"])]
+    """Per-step training log (loss, grad norm, lr) from Trainer's history, without the summary row.
+
+    JSON has no NaN or Infinity: a non-finite value is written as null and listed, with its value
+    as a string, under `nonfinite` (e.g. `"loss": null, "nonfinite": {"loss": "nan"}`).
+    """
+    return [_json_finite(row) for row in trainer.state.log_history if "loss" in row]
+
+
+def _json_finite(row: dict[str, Any]) -> dict[str, Any]:
+    bad = {k: str(v) for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
+    return {**row, **dict.fromkeys(bad), "nonfinite": bad} if bad else row
