@@ -294,7 +294,7 @@ def test_vllm_backend_mapping_with_a_fake_vllm(
             seen["requests"] += requests
             seen["params"] = sp.kwargs
             outputs = [
-                types.SimpleNamespace(text="so ANSWER 2", token_ids=[1, 2, 3], finish_reason="stop"),
+                types.SimpleNamespace(text="so ANSWER 2", token_ids=[5, 6, 2], finish_reason="stop"),
                 types.SimpleNamespace(text="so ANSWER 2 and", token_ids=[1] * 7, finish_reason="length"),
             ]
             return [types.SimpleNamespace(outputs=outputs[: sp.kwargs["n"]]) for _ in requests]
@@ -319,14 +319,15 @@ def test_vllm_backend_mapping_with_a_fake_vllm(
         "temperature": 0.7,
         "top_p": 0.9,
         "max_tokens": 5,
+        "stop_token_ids": [2],  # SmolLM2's EOS is its template's <|im_end|>
     }
     assert seen["requests"] == [
         {"prompt_token_ids": encode_prompt(tokenizer, p.prompt, "auto")} for p in bench.problems
     ]
     records = lines(tmp_path / "r.samples.jsonl")
-    assert [(r["num_tokens"], r["finish_reason"], r["correct"]) for r in records[:2]] == [
-        (3, "stop", True),
-        (7, "length", False),
+    assert [(r["num_tokens"], r["finish_reason"], r["stop_token"], r["correct"]) for r in records[:2]] == [
+        (3, "stop", "<|im_end|>", True),
+        (7, "length", None, False),
     ]
     assert summary["metrics"]["tokens"] == 3 * 10
 
@@ -338,3 +339,25 @@ def test_a_corrupt_samples_file_is_reported_not_trusted(
     with pytest.raises(T3SError, match=r"r\.samples\.jsonl: a line is not valid JSON"):
         run_fake(tiny_model, tokenizer, bench, settings(check_verifier), tmp_path / "r.json")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_samples_written_before_stop_token_existed_are_reverified(
+    tmp_path: Path, tiny_model: Path, tokenizer, bench, check_verifier
+) -> None:
+    cfg = settings(check_verifier)
+    out = tmp_path / "res.json"
+    run_fake(tiny_model, tokenizer, bench, cfg, out)
+    samples = out.with_suffix(".samples.jsonl")
+    old = [{k: v for k, v in r.items() if k != "stop_token"} for r in lines(samples)]
+    write_jsonl(samples, old)
+    fixed = Bench(
+        bench.name, bench.path, [replace(p, answer="5") if p.id == "q2" else p for p in bench.problems]
+    )
+
+    def no_backend(path: str):
+        raise AssertionError("stored samples need no new generation")
+
+    summary = evaluate(str(tiny_model), fixed, cfg, out, tokenizer=tokenizer, backend_factory=no_backend)
+    assert summary["generated"] == 0
+    assert [p["correct"] for p in summary["per_problem"]] == [3, 3, 1]
+    assert [r["stop_token"] for r in lines(samples)[12:]] == [None] * 4  # unknown for the old samples

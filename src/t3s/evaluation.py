@@ -134,7 +134,7 @@ def make_backend(
     """The generation backend for one checkpoint (loads the model)."""
     import torch
 
-    from t3s.generation import TransformersBackend, VLLMBackend
+    from t3s.generation import TransformersBackend, vllm_backend
     from t3s.models import load_model, resolve_device, resolve_dtype
 
     if settings.backend == "vllm":
@@ -142,11 +142,13 @@ def make_backend(
         dtype = settings.dtype
         if dtype != "auto":
             dtype = str(resolve_dtype(dtype, torch.device("cuda"))).removeprefix("torch.")
-        return VLLMBackend(
+        return vllm_backend(
             model_path,
+            tokenizer,
+            settings.template,
+            tokenizer_path=tokenizer_path,
             dtype=dtype,
             trust_remote_code=settings.trust_remote_code,
-            tokenizer=tokenizer_path or model_path,
         )
     device = resolve_device(settings.device)
     model = load_model(
@@ -155,7 +157,9 @@ def make_backend(
         dtype=resolve_dtype(settings.dtype, device),
         trust_remote_code=settings.trust_remote_code,
     )
-    return TransformersBackend(model, tokenizer, settings.batch_size, progress="generate")
+    return TransformersBackend(
+        model, tokenizer, settings.batch_size, progress="generate", template=settings.template
+    )
 
 
 def _empty_cuda_cache() -> None:
@@ -192,9 +196,10 @@ def _stored_samples(
 
 
 def _stored(record: dict[str, Any]) -> tuple[SampleRecord, Completion]:
-    fields = {k: record[k] for k in SampleRecord.__dataclass_fields__}
+    # Samples written before a field was added (stop_token) take its default.
+    fields = {k: record[k] for k in SampleRecord.__dataclass_fields__ if k in record}
     return SampleRecord(**fields), Completion(
-        record["completion"], record["num_tokens"], record["finish_reason"]
+        record["completion"], record["num_tokens"], record["finish_reason"], record.get("stop_token")
     )
 
 

@@ -2,19 +2,28 @@
 
 Prompts are token ids built by `t3s.tokens.encode_prompt`, so generation conditions on exactly
 the prefix that training supervises after. Each backend returns, per prompt, `n` completions
-with their token count and whether they stopped by themselves or hit the length limit.
+with their token count and whether they stopped by themselves (and at which token) or hit the
+length limit. A turn ends at the tokenizer's EOS, the model's generation-config EOS ids and, when
+prompts use the chat template, the template's own end-of-turn token (ChatML's <|im_end|> on a base
+model whose EOS is <|endoftext|>, Llama-3's <|eot_id|>).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
+from rich.console import Console
 
 from t3s.errors import T3SError
 from t3s.progress import bar
+from t3s.tokens import Template, uses_chat_template
+
+console = Console(stderr=True)
 
 FinishReason = Literal["stop", "length"]
 
@@ -45,40 +54,84 @@ class SamplingParams:
 @dataclass(frozen=True)
 class Completion:
     text: str
-    num_tokens: int
+    num_tokens: int  # through the stop token, when there is one
     finish_reason: FinishReason
+    stop_token: str | None = None  # the token that ended a "stop" completion, e.g. <|im_end|>
 
 
 class Backend(Protocol):
     def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]: ...
 
 
-def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every id that ends a turn: the tokenizer's EOS and the model's generation-config EOS ids."""
+# Text no template writes itself: where it lands in a rendered turn marks the end of the content.
+_SENTINEL = "T3S-SENTINEL-CONTENT"
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """The special token(s) the chat template writes right after an assistant message's content."""
+    messages = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": _SENTINEL}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    if _SENTINEL not in text:
+        return []
+    after = text[text.rindex(_SENTINEL) + len(_SENTINEL) :].lstrip()
+    special = set(tokenizer.all_special_ids)
+    special.update(i for i, t in tokenizer.added_tokens_decoder.items() if t.special)
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    return list(itertools.takewhile(lambda i: i in special, ids))
+
+
+def stop_tokens(tokenizer: Any, template: Template = "auto", generation_config: Any = None) -> dict[int, str]:
+    """Every token that ends a turn, by id: the tokenizer's EOS, the generation config's EOS ids and,
+    when prompts use the chat template, its end-of-turn token(s)."""
     ids = {tokenizer.eos_token_id}
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if uses_chat_template(tokenizer, template):
+        ids.update(end_of_turn_ids(tokenizer))
+    gen_eos = getattr(generation_config, "eos_token_id", None)
     ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-    return sorted(i for i in ids if i is not None)
+    return {i: tokenizer.convert_ids_to_tokens(i) for i in sorted(i for i in ids if i is not None)}
+
+
+def warn_if_mostly_truncated(
+    completions: Sequence[Sequence[Completion]], params: SamplingParams, stops: dict[int, str]
+) -> None:
+    """A generate call whose samples mostly ran to the length limit scores mostly wrong answers."""
+    flat = [c for cs in completions for c in cs]
+    cut = sum(c.finish_reason == "length" for c in flat)
+    if cut * 2 > len(flat):
+        console.print(
+            f"[yellow]warning:[/] {cut} of {len(flat)} samples hit the {params.max_new_tokens}-token "
+            f"limit before a stop token ({', '.join(stops.values())}) and count as wrong; raise "
+            "max_new_tokens, or check that the model ends its turns with one of these tokens",
+            highlight=False,
+            soft_wrap=True,  # one line, whatever the terminal's width
+        )
 
 
 class TransformersBackend:
     """Batched `model.generate` with left padding; stops each sequence at its end-of-turn token."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, batch_size: int = 32, progress: str | None = "generate"
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 32,
+        progress: str | None = "generate",
+        *,
+        template: Template = "auto",
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.batch_size = batch_size
         self.progress = progress
-        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.stops = stop_tokens(tokenizer, template, getattr(model, "generation_config", None))
 
     def _decode(self, row: torch.Tensor) -> Completion:
         ids = row.tolist()
-        stops = [k for k, t in enumerate(ids) if t in self.stop_ids]
-        if stops:
-            ids = ids[: stops[0] + 1]
+        end = next((k for k, t in enumerate(ids) if t in self.stops), None)
+        if end is None:
+            return Completion(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), "length")
+        ids = ids[: end + 1]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return Completion(text, len(ids), "stop" if stops else "length")
+        return Completion(text, len(ids), "stop", self.stops[ids[-1]])
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]:
@@ -86,7 +139,8 @@ class TransformersBackend:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        stop_ids = list(self.stops)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out: list[list[Completion]] = [[] for _ in prompts]
         sample = params.temperature > 0
@@ -110,7 +164,7 @@ class TransformersBackend:
                         attention_mask=mask.to(device),
                         max_new_tokens=params.max_new_tokens,
                         num_return_sequences=params.n,
-                        eos_token_id=self.stop_ids,
+                        eos_token_id=stop_ids,
                         pad_token_id=pad,
                         **kwargs,
                     )[:, width:].cpu()
@@ -119,6 +173,7 @@ class TransformersBackend:
                     progress.advance(len(batch))
         finally:
             model.train(was_training)
+        warn_if_mostly_truncated(out, params, self.stops)
         return out
 
 
@@ -126,13 +181,27 @@ class VLLMBackend:
     """Offline vLLM (`LLM.generate` with n samples per prompt) over a checkpoint directory."""
 
     def __init__(
-        self, model_path: str, *, dtype: str = "auto", trust_remote_code: bool = False, **engine: Any
+        self,
+        model_path: str,
+        stops: dict[int, str],
+        *,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        **engine: Any,
     ) -> None:
         try:
             from vllm import LLM
         except ImportError as exc:
             raise T3SError("backend 'vllm' needs vllm installed: pip install 't3s[vllm]'") from exc
+        self.stops = stops
         self.llm = LLM(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code, **engine)
+
+    def _completion(self, out: Any) -> Completion:
+        ids = list(out.token_ids)
+        if out.finish_reason == "length":
+            return Completion(out.text, len(ids), "length")
+        # vLLM keeps the stop token as the last output id (and out of the text).
+        return Completion(out.text, len(ids), "stop", self.stops.get(ids[-1]) if ids else None)
 
     def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VSamplingParams
@@ -143,16 +212,37 @@ class VLLMBackend:
             top_p=params.top_p,
             max_tokens=params.max_new_tokens,
             seed=params.seed,
+            stop_token_ids=list(self.stops),
         )
         requests = [{"prompt_token_ids": list(p)} for p in prompts]
         outputs = self.llm.generate(requests, sp, use_tqdm=True)
-        return [
-            [
-                Completion(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop")
-                for o in result.outputs
-            ]
-            for result in outputs
-        ]
+        out = [[self._completion(o) for o in result.outputs] for result in outputs]
+        warn_if_mostly_truncated(out, params, self.stops)
+        return out
+
+
+def _saved_generation_config(model_path: str) -> Any:
+    from transformers import GenerationConfig
+
+    if not (Path(model_path) / "generation_config.json").exists():
+        return None
+    return GenerationConfig.from_pretrained(model_path)
+
+
+def vllm_backend(
+    model_path: str,
+    tokenizer: Any,
+    template: Template = "auto",
+    *,
+    tokenizer_path: str | None = None,
+    **engine: Any,
+) -> Backend:
+    """A vLLM engine over `model_path` that stops where the transformers backend would.
+
+    The one place engines are built (probe, eval, teacher), so a test can substitute `VLLMBackend`.
+    """
+    stops = stop_tokens(tokenizer, template, _saved_generation_config(model_path))
+    return VLLMBackend(model_path, stops, tokenizer=tokenizer_path or model_path, **engine)
 
 
 BackendName = Literal["transformers", "vllm"]

@@ -24,7 +24,7 @@ from t3s.confidence import score
 from t3s.data import Example
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, model_fingerprint
-from t3s.generation import SamplingParams, TransformersBackend, VLLMBackend
+from t3s.generation import SamplingParams, TransformersBackend, vllm_backend
 from t3s.io import append_jsonl, read_jsonl, write_json, write_jsonl
 from t3s.rundir import RunDir
 from t3s.sampling import accuracy, sample_and_verify
@@ -107,6 +107,7 @@ class AccuracyProbe:
         settings: ProbeEval,
     ) -> None:
         self.run, self.tokenizer, self.settings = run, tokenizer, settings
+        self.template = template
         rng = random.Random(settings.seed)
         index = list(range(len(items)))
         if settings.prompts is not None and settings.prompts < len(index):
@@ -136,14 +137,19 @@ class AccuracyProbe:
     def samples_path(self, step: int, heldout: bool = False) -> Path:
         return self.run.probe_dir / "samples" / f"{'heldout-' if heldout else ''}step-{step:05d}.jsonl"
 
-    def _local_measure(self, model: Any, checkpoint: Path | None, index: Sequence[int]) -> list[Any]:
+    def _local_measure(self, model: Any, checkpoint: Path, index: Sequence[int]) -> list[Any]:
         if self.settings.backend == "vllm":
-            if checkpoint is None:
-                raise T3SError("eval backend 'vllm' needs a saved checkpoint")
-            backend: Any = VLLMBackend(str(checkpoint), gpu_memory_utilization=0.3)
+            # A small engine beside the training model, which stays on the GPU.
+            backend: Any = vllm_backend(
+                str(checkpoint), self.tokenizer, self.template, gpu_memory_utilization=0.3
+            )
         else:
             backend = TransformersBackend(
-                model, self.tokenizer, self.settings.batch_size, progress="probe accuracy"
+                model,
+                self.tokenizer,
+                self.settings.batch_size,
+                progress="probe accuracy",
+                template=self.template,
             )
         records = sample_and_verify(
             backend,
@@ -166,8 +172,9 @@ class AccuracyProbe:
             tokens = sum(t.response_end - max(t.response_start, 1) for t in train)
         return [tagged, nll, tokens]
 
-    def measure(self, model: Any, step: int, checkpoint: Path | None = None) -> dict[str, Any] | None:
-        """Measure on every process (each a share of the prompts); the main process gets the row."""
+    def measure(self, model: Any, step: int, checkpoint: Path) -> dict[str, Any] | None:
+        """Measure `model`, saved at `checkpoint` (θ0: the model's own directory), on every process
+        (each a share of the prompts); the main process gets the row."""
         from accelerate import PartialState
         from accelerate.utils import gather_object
 
@@ -195,6 +202,7 @@ class AccuracyProbe:
             write_jsonl(self.samples_path(step, heldout=True), [r.to_dict() for r in heldout])
             row["heldout_accuracy"] = accuracy(heldout)
             row["heldout_prompts"] = self.heldout
+            row["heldout_truncated"] = sum(r.finish_reason == "length" for r in heldout)
         return row
 
 
@@ -232,7 +240,7 @@ class Probe:
             or (step == self.recipe.steps)
         )
 
-    def record(self, model: Any, step: int, loss: float | None, checkpoint: Path | None) -> None:
+    def record(self, model: Any, step: int, loss: float | None, checkpoint: Path) -> None:
         from accelerate import PartialState
 
         if not self.needs_eval(step) or step in self.evaluated():
@@ -294,6 +302,22 @@ def probe_fingerprint(tokens_fp: str, model: str, recipe: TrainRecipe, settings:
     return digest(tokens_fp, model_fingerprint(model), recipe.model_dump(exclude={"report_to"}), measured)
 
 
+def _check_eval_backend(model_path: str, recipe: TrainRecipe, settings: ProbeSettings) -> None:
+    """vLLM loads each checkpoint as a model: a bare PEFT adapter directory is not one."""
+    if settings.fixed_step is not None or settings.eval.backend != "vllm":
+        return
+    if recipe.lora is not None:
+        raise T3SError(
+            "probe.eval.backend 'vllm' cannot load the LoRA probe's checkpoints (bare adapters); "
+            "use backend 'transformers' with recipe.lora, or train all weights"
+        )
+    if (Path(model_path) / "adapter_config.json").exists():
+        raise T3SError(
+            f"model {model_path!r} is a PEFT adapter, which probe.eval.backend 'vllm' cannot load; "
+            "merge it into its base first, or use backend 'transformers'"
+        )
+
+
 def run_probe(
     run: RunDir,
     model_path: str,
@@ -314,6 +338,7 @@ def run_probe(
     from t3s.models import load_model
 
     state = PartialState()
+    _check_eval_backend(model_path, recipe, settings)
     if Path(model_path).is_dir():  # recorded absolute, so the run works from any directory
         model_path = str(Path(model_path).resolve())
     fp = probe_fingerprint(tokens_fp, model_path, recipe, settings)
@@ -358,7 +383,7 @@ def run_probe(
         else None
     )
     probe = Probe(run, settings, recipe, acc)
-    probe.record(model, 0, None, None)
+    probe.record(model, 0, None, Path(model_path))  # θ0 is its own checkpoint
 
     # A checkpoint saved just before a kill may not have been measured yet.
     latest = list_checkpoints(run.checkpoints_dir, resumable=True)

@@ -20,6 +20,7 @@ class SampleRecord:
     num_tokens: int
     finish_reason: str
     error: str | None = None
+    stop_token: str | None = None  # the token that ended a "stop" sample
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,6 +41,7 @@ def verify_samples(
             num_tokens=c.num_tokens,
             finish_reason=c.finish_reason,
             error=v.error,
+            stop_token=c.stop_token,
         )
         for (id_, k, _, c), v in zip(samples, verdicts, strict=True)
     ]

@@ -211,13 +211,15 @@ class OfflineBackend:
         return {"backend": self.kind, "model": self.path, "template": self.template}
 
     def _engine(self, tokenizer: Any) -> Any:
-        from t3s.generation import TransformersBackend, VLLMBackend
+        from t3s.generation import TransformersBackend, vllm_backend
         from t3s.models import load_model
 
         if self.kind == "vllm":
-            return VLLMBackend(self.path, trust_remote_code=self.trust_remote_code)
+            return vllm_backend(self.path, tokenizer, self.template, trust_remote_code=self.trust_remote_code)
         model = load_model(self.path, trust_remote_code=self.trust_remote_code)
-        return TransformersBackend(model, tokenizer, self.batch_size, progress=f"{self.teacher} batch")
+        return TransformersBackend(
+            model, tokenizer, self.batch_size, progress=f"{self.teacher} batch", template=self.template
+        )
 
     def collect(self, jobs: Sequence[Job], params: SamplingParams, sink: Sink) -> None:
         from t3s.models import load_tokenizer

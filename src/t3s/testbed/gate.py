@@ -29,7 +29,9 @@ def greedy_accuracy(
     # The prefix is tokenized on its own, as a response is in training, so the boundary matches.
     forced = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
     prompts = [encode_prompt(tokenizer, prompt(p), "plain") + forced for p in problems]
-    backend = TransformersBackend(model, tokenizer, batch_size=batch_size, progress="greedy accuracy")
+    backend = TransformersBackend(
+        model, tokenizer, batch_size=batch_size, progress="greedy accuracy", template="plain"
+    )
     outs = [o[0] for o in backend.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens))]
     texts = [prefix + o.text for o in outs]
     correct = [
