@@ -373,8 +373,12 @@ def train(
 @app.command()
 def rrt(
     base: Annotated[Path, typer.Option("--base", help="θ0")],
-    bottleneck: Annotated[Path, typer.Option("--bottleneck", help="θb")],
-    final: Annotated[Path, typer.Option("--final", help="θf, the final SFT checkpoint")],
+    bottleneck: Annotated[
+        Path, typer.Option("--bottleneck", help="θb: a checkpoint or a LoRA adapter over θ0")
+    ],
+    final: Annotated[
+        Path, typer.Option("--final", help="θf, the final SFT checkpoint or a LoRA adapter over θ0")
+    ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="output directory")],
 ) -> None:
     """Recovering Residual Transfer: write θ0 + (θf - θb), shard by shard."""

@@ -43,6 +43,10 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     from t3s.selection import select_run
     from t3s.tokens import tokens_fingerprint
 
+    if cfg.rrt:  # RRT is the last stage: a run that cannot do it is refused before the first
+        from t3s.rrt import check_rrt_inputs
+
+        check_rrt_inputs(cfg.model, cfg.recipe, trust_remote_code=cfg.trust_remote_code)
     run = RunDir(cfg.run_dir)
     run.record("config", cfg.model_dump(mode="json"))
     remote = cfg.trust_remote_code
