@@ -262,7 +262,7 @@ def test_a_hanging_verifier_times_out_without_stopping_the_run(
     def factory(path: str) -> FakeBackend:
         return FakeBackend(tokenizer, {"1+1": ["HANG", "2", "2"]})
 
-    cfg = settings(check_verifier, samples=3, verify_timeout=1.0)
+    cfg = settings(check_verifier, samples=3, verify_timeout=1.0, max_verifier_errors=0.5)
     start = time.monotonic()
     summary = evaluate(
         str(tiny_model), bench, cfg, tmp_path / "r.json", tokenizer=tokenizer, backend_factory=factory
@@ -275,6 +275,7 @@ def test_a_hanging_verifier_times_out_without_stopping_the_run(
         (True, None),
     ]
     assert summary["metrics"]["avg@3"] == pytest.approx(2 / 3)
+    assert summary["metrics"]["verifier_errors"] == 1  # counted apart, still wrong in avg@3
 
 
 def test_vllm_backend_mapping_with_a_fake_vllm(

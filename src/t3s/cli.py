@@ -127,6 +127,9 @@ def probe(
     gen_batch_size: Annotated[int, typer.Option(help="prompts per generation batch")] = 32,
     backend: Annotated[str, typer.Option(help="generation backend: transformers or vllm")] = "transformers",
     verifier: Annotated[str, typer.Option(help="'math' or module:function")] = "math",
+    max_verifier_errors: Annotated[
+        float, typer.Option(help="stop when more of a checkpoint's verdicts are verifier errors (fraction)")
+    ] = 0.05,
     heldout: Annotated[
         str | None, typer.Option(help="a benchmark (id, problem, answer) also scored per checkpoint")
     ] = None,
@@ -187,6 +190,7 @@ def probe(
             batch_size=gen_batch_size,
             backend=backend,
             verifier=verifier,
+            max_verifier_errors=max_verifier_errors,
             heldout=heldout,
             heldout_prompts=heldout_prompts,
         ),

@@ -23,6 +23,7 @@ def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
             table.add_row(name, f"{value:.4f}", "-" if se is None else f"{se:.4f}")
     table.add_row("tokens", f"{metrics['tokens']:,}", "")
     table.add_row("truncated", f"{metrics['truncated']:.1%}", "")
+    table.add_row("verifier errors", str(metrics["verifier_errors"]), "")
     return table
 
 
@@ -31,14 +32,16 @@ def _curve_table(title: str, key: str, rows: list[dict[str, Any]]) -> Table:
     n = rows[0]["samples"]
     table = Table(title=title)
     columns = (f"avg@{n}", f"maj@{n}", f"pass@{n}")
-    for column in (key, *columns, "tokens", "truncated"):
+    for column in (key, *columns, "tokens", "truncated", "verifier errors"):
         table.add_column(column, justify="right")
     for r in rows:
         cells = []
         for metric in columns:
             se = r[f"{metric}_stderr"]
             cells.append(f"{r[metric]:.3f}" + ("" if se is None else f" ± {se:.3f}"))
-        table.add_row(str(r[key]), *cells, f"{r['tokens']:,}", f"{r['truncated']:.1%}")
+        table.add_row(
+            str(r[key]), *cells, f"{r['tokens']:,}", f"{r['truncated']:.1%}", str(r["verifier_errors"])
+        )
     return table
 
 
@@ -92,8 +95,12 @@ def eval_command(
         str, typer.Option(help="'math' (math-verify, last \\boxed{}) or module:function")
     ] = "math",
     verify_timeout: Annotated[
-        float, typer.Option(help="seconds per answer before it counts as wrong")
+        float, typer.Option(help="seconds per answer before it counts as a verifier error")
     ] = 10.0,
+    max_verifier_errors: Annotated[
+        float,
+        typer.Option(help="fail when more of a model's verdicts are verifier errors (raised, timed out)"),
+    ] = 0.05,
     template: Annotated[
         str | None, typer.Option(help="auto, chat or plain (default: the run's own with --run, else auto)")
     ] = None,
@@ -133,6 +140,7 @@ def eval_command(
         template=template or (run_template(RunDir(run)) if run is not None else "auto"),  # type: ignore[arg-type]
         verifier=verifier,
         verify_timeout=verify_timeout,
+        max_verifier_errors=max_verifier_errors,
         backend=backend,  # type: ignore[arg-type]
         batch_size=batch_size,
         chunk=chunk,
@@ -144,7 +152,10 @@ def eval_command(
     if model is not None:
         assert out_path is not None
         summary = evaluate(model, data, settings, out_path)
-        title = f"{model} on {data.name}: {summary['problems']} problems x {summary['samples']} samples"
+        title = (
+            f"{model} on {data.name}: {summary['problems']} problems x {summary['samples']} samples, "
+            f"maj@k grouped by {summary['maj_grouping']}"
+        )
         console.print(_metrics_table(title, summary["metrics"]))
         out.print(f"results -> {out_path}", highlight=False)
         return
@@ -152,5 +163,6 @@ def eval_command(
     policies = [p.strip() for p in policy.split(",") if p.strip()] if policy else None
     rows = evaluate_run(run, data, settings, steps=step, policies=policies)
     key = "policy" if policies else "step"
-    console.print(_curve_table(f"{data.name}: {rows[0]['problems']} problems", key, rows))
+    title = f"{data.name}: {rows[0]['problems']} problems, maj@k grouped by {rows[0]['maj_grouping']}"
+    console.print(_curve_table(title, key, rows))
     out.print(f"results -> {Path(run) / 'eval' / data.name}", highlight=False)

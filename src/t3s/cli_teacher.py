@@ -85,6 +85,9 @@ def teacher(
     ] = "think-tags",
     verifier: Annotated[str, typer.Option(help="'math' (math-verify) or module:function")] = "math",
     verify_timeout: Annotated[float, typer.Option(help="seconds per answer")] = 10.0,
+    max_verifier_errors: Annotated[
+        float, typer.Option(help="stop when more of a teacher's verdicts are verifier errors (fraction)")
+    ] = 0.05,
     concurrency: Annotated[int, typer.Option(help="requests in flight per endpoint")] = 16,
     timeout: Annotated[float, typer.Option(help="seconds per request")] = 3600.0,
     retries: Annotated[int, typer.Option(help="retries on 429, 5xx and connection errors, with backoff")] = 8,
@@ -106,6 +109,7 @@ def teacher(
         reasoning_format=reasoning_format,
         verifier=verifier,
         verify_timeout=verify_timeout,
+        max_verifier_errors=max_verifier_errors,
         concurrency=concurrency,
         timeout=timeout,
         retries=retries,

@@ -8,8 +8,12 @@ generated and verified, keyed by (model fingerprint, sampling-parameter hash, ha
 token ids, problem id, sample index). A killed evaluation resumes with only the missing samples;
 another model, other sampling parameters or another prompt template fill their own key space in
 the same file; raising the sample count adds samples to those already there. A sample whose gold
-answer or verifier changed is verified again, not generated again. The summary `<out>.json` is
-written atomically once every sample is in.
+answer or verifier changed, or whose verifier failed (raised or timed out), is verified again, not
+generated again. The summary `<out>.json` is written atomically once every sample is in; it counts
+the verifier errors apart from wrong answers (they stay in the accuracy's denominator), and more
+than `max_verifier_errors` of them stop the evaluation before the summary is written. maj@k votes
+group answers by the verifier's equivalence (`maj_grouping`: math-verify, a custom verifier's
+`equivalent`, or exact strings).
 
 With a run directory, θ0 (step 0) and every probe checkpoint on disk (or trained policy models)
 are scored into `RUN/eval/<bench>/`: `step-NNNNN.json` + `step-NNNNN.samples.jsonl` per checkpoint,
@@ -34,9 +38,9 @@ from t3s.io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from t3s.metrics import problem_scores, summarize
 from t3s.progress import bar
 from t3s.rundir import RunDir
-from t3s.sampling import SampleRecord, verify_samples
+from t3s.sampling import SampleRecord, check_verifier_errors, verify_samples
 from t3s.tokens import Template, encode_prompt
-from t3s.verify import VerifierPool, load_verifier
+from t3s.verify import Grouping, VerifierPool, load_verifier
 
 BackendFactory = Callable[[str], Backend]
 
@@ -88,6 +92,7 @@ class EvalSettings:
     template: Template = "auto"
     verifier: str = "math"
     verify_timeout: float = 10.0
+    max_verifier_errors: float = 0.05  # the largest fraction of verdicts that may be verifier errors
     backend: BackendName = "transformers"
     batch_size: int = 4
     chunk: int = 32
@@ -103,6 +108,7 @@ class EvalSettings:
             "batch size": (self.batch_size >= 1, "must be at least 1"),
             "chunk": (self.chunk >= 1, "must be at least 1"),
             "verify timeout": (self.verify_timeout > 0, "must be positive"),
+            "max verifier errors": (0 <= self.max_verifier_errors <= 1, "must be a fraction in [0, 1]"),
         }
         for name, (ok, hint) in checks.items():
             if not ok:
@@ -265,7 +271,12 @@ def evaluate(
     pool = verifier or VerifierPool(load_verifier(settings.verifier), timeout=settings.verify_timeout)
     generated = 0
     try:
-        stale = [(i, k) for (i, k), r in have.items() if r.get("verify") != verify_keys[i]]
+        # A failed verdict is no verdict: verified again, e.g. once the verifier is fixed.
+        stale = [
+            (i, k)
+            for (i, k), r in have.items()
+            if r.get("verify") != verify_keys[i] or r.get("error") is not None
+        ]
         if stale:
             stored = [_stored(have[key]) for key in stale]
             fresh = verify_samples(
@@ -306,11 +317,24 @@ def evaluate(
             del backend  # free the model before the next checkpoint is loaded
             gc.collect()
             _empty_cuda_cache()
+        rows = [[have[(i, k)] for k in range(n)] for i in range(len(problems))]
+        # Truncated samples never reached a final answer: they do not vote.
+        groupings = pool.group_answers(
+            [[r["extracted"] if r["finish_reason"] == "stop" else None for r in rs] for rs in rows]
+        )
     finally:
         if own_pool:
             pool.close()
 
-    summary = _summarize(problems, have, n)
+    where, setting = f"eval {label or model_path} on {bench.name}", "--max-verifier-errors"
+    errors = check_verifier_errors(
+        [_stored(r)[0] for rs in rows for r in rs], settings.max_verifier_errors, where, setting
+    )
+    grouping_errors = check_verifier_errors(
+        groupings, settings.max_verifier_errors, where, setting, "maj@k answer groupings"
+    )
+    summary = _summarize(problems, rows, groupings)
+    summary["metrics"].update(verifier_errors=errors, maj_grouping_errors=grouping_errors)
     summary = {
         "model": model_path,
         "model_fingerprint": model_fp,
@@ -324,6 +348,7 @@ def evaluate(
         "params_hash": params_hash,
         "template": settings.template,
         "verifier": settings.verifier,
+        "maj_grouping": pool.grouping,
         "backend": settings.backend,
         "samples_file": samples_path.name,
         "generated": generated,
@@ -334,24 +359,21 @@ def evaluate(
 
 
 def _summarize(
-    problems: Sequence[PromptItem], have: dict[tuple[int, int], dict[str, Any]], n: int
+    problems: Sequence[PromptItem], rows: Sequence[Sequence[dict[str, Any]]], groupings: Sequence[Grouping]
 ) -> dict[str, Any]:
     """Metrics over problems, total generated tokens, and each problem's own scores."""
     scores, per_problem = [], []
     tokens = truncated = 0
-    for i, p in enumerate(problems):
-        rows = [have[(i, k)] for k in range(n)]
-        # Truncated samples never reached a final answer: they do not vote.
-        answers = [r["extracted"] if r["finish_reason"] == "stop" else None for r in rows]
-        correct = [bool(r["correct"]) for r in rows]
-        tokens += sum(r["num_tokens"] for r in rows)
-        truncated += sum(r["finish_reason"] == "length" for r in rows)
-        scores.append(problem_scores(correct, answers))
-        per_problem.append({"id": p.id, "correct": sum(correct), **scores[-1]})
+    for p, samples, grouping in zip(problems, rows, groupings, strict=True):
+        correct = [bool(r["correct"]) for r in samples]
+        tokens += sum(r["num_tokens"] for r in samples)
+        truncated += sum(r["finish_reason"] == "length" for r in samples)
+        scores.append(problem_scores(correct, grouping.groups))
+        errors = sum(r["error"] is not None for r in samples)
+        per_problem.append({"id": p.id, "correct": sum(correct), "verifier_errors": errors, **scores[-1]})
     metrics: dict[str, Any] = summarize(scores)
-    metrics.update(
-        tokens=tokens, mean_tokens=tokens / (n * len(problems)), truncated=truncated / (n * len(problems))
-    )
+    n = len(problems) * len(rows[0])
+    metrics.update(tokens=tokens, mean_tokens=tokens / n, truncated=truncated / n)
     return {"metrics": metrics, "per_problem": per_problem}
 
 
@@ -409,7 +431,7 @@ def policy_targets(run: RunDir, policies: Sequence[str]) -> list[Target]:
 
 
 def _matching_rows(
-    out_dir: Path, prefix: str, key: str, bench: Bench, settings: EvalSettings
+    out_dir: Path, prefix: str, key: str, bench: Bench, settings: EvalSettings, grouping: str
 ) -> list[dict[str, Any]]:
     """Summary rows of the artifacts in `out_dir` scored on this benchmark with these settings."""
     want = {
@@ -418,6 +440,7 @@ def _matching_rows(
         "samples": settings.samples,
         "template": settings.template,
         "verifier": settings.verifier,
+        "maj_grouping": grouping,  # summaries from before maj@k grouped answers voted by exact string
     }
     rows = []
     for path in sorted(out_dir.glob(f"{prefix}-*.json")):
@@ -429,6 +452,7 @@ def _matching_rows(
                     "model": s["model"],
                     "problems": s["problems"],
                     "samples": s["samples"],
+                    "maj_grouping": s["maj_grouping"],
                     **s["metrics"],
                 }
             )
@@ -486,7 +510,7 @@ def evaluate_run(
                     label=t.label,
                     info=t.info,
                 )
-                rows = _matching_rows(out_dir, prefix, key, bench, settings)
+                rows = _matching_rows(out_dir, prefix, key, bench, settings, pool.grouping)
                 write_jsonl(out_dir / table, rows)
             extras["table"] = str((out_dir / table).relative_to(run.root))
     finally:

@@ -27,7 +27,7 @@ from t3s.fingerprint import digest, model_fingerprint
 from t3s.generation import SamplingParams, TransformersBackend, vllm_backend
 from t3s.io import append_jsonl, read_jsonl, write_json, write_jsonl
 from t3s.rundir import RunDir
-from t3s.sampling import accuracy, sample_and_verify
+from t3s.sampling import accuracy, check_verifier_errors, sample_and_verify
 from t3s.tokens import TokenizeConfig, TokenizedExample, encode_prompt
 from t3s.training import (
     TrainRecipe,
@@ -62,6 +62,9 @@ class ProbeEval(BaseModel):
         None, description="a benchmark (id, problem, answer) scored at each checkpoint too"
     )
     heldout_prompts: int | None = Field(None, ge=1, description="a seeded subset of the held-out benchmark")
+    max_verifier_errors: float = Field(
+        0.05, ge=0, le=1, description="the probe stops when more verdicts of a checkpoint are verifier errors"
+    )
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.samples, self.temperature, self.top_p, self.max_new_tokens, self.seed)
@@ -182,16 +185,21 @@ class AccuracyProbe:
         with state.split_between_processes(list(range(len(self.prompts)))) as mine:
             local = self._local_measure(model, checkpoint, mine)
         parts = gather_object([local]) if state.num_processes > 1 else [local]
-        if not state.is_main_process:
-            return None
         tagged = [t for p in parts for t in p[0]]
         train = [r for i, r in tagged if i < len(self.items)]
         heldout = [r for i, r in tagged if i >= len(self.items)]
+        # Every process holds every record: all stop together, before a row or samples file is written.
+        limit, setting = self.settings.max_verifier_errors, "probe.eval.max_verifier_errors"
+        errors = check_verifier_errors(train, limit, f"probe step {step}", setting)
+        heldout_errors = check_verifier_errors(heldout, limit, f"probe step {step} held-out", setting)
+        if not state.is_main_process:
+            return None
         tokens = sum(p[2] for p in parts)
         write_jsonl(self.samples_path(step), [r.to_dict() for r in train])
         row: dict[str, Any] = {
             "step": step,
             "train_accuracy": accuracy(train),
+            "verifier_errors": errors,
             "teacher_forced_loss": sum(p[1] for p in parts) / tokens if tokens else None,
             "prompts": len(self.items),
             "samples": len(train),
@@ -201,6 +209,7 @@ class AccuracyProbe:
         if heldout:
             write_jsonl(self.samples_path(step, heldout=True), [r.to_dict() for r in heldout])
             row["heldout_accuracy"] = accuracy(heldout)
+            row["heldout_verifier_errors"] = heldout_errors
             row["heldout_prompts"] = self.heldout
             row["heldout_truncated"] = sum(r.finish_reason == "length" for r in heldout)
         return row
@@ -297,8 +306,11 @@ def _make_callback(probe: Probe) -> Any:
 
 
 def probe_fingerprint(tokens_fp: str, model: str, recipe: TrainRecipe, settings: ProbeSettings) -> str:
-    # The mode and kept steps decide only what stays on disk, not the trajectory.
-    measured = settings.model_dump(exclude={"mode", "keep_steps"})
+    # The mode and kept steps decide only what stays on disk, not the trajectory; the error limit
+    # only whether a measurement stands.
+    measured = settings.model_dump(
+        exclude={"mode": True, "keep_steps": True, "eval": {"max_verifier_errors"}}
+    )
     return digest(tokens_fp, model_fingerprint(model), recipe.model_dump(exclude={"report_to"}), measured)
 
 

@@ -210,6 +210,8 @@ def _shock_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
         data = shock.shock_curves(metrics, run.json("probe/bottleneck.json"), artifacts.eval_curves(run.run))
         items = [Figure(ctx.slug(run, "shock"), plots.png_bytes(plots.shock_figure(data)), caption)]
     columns = ["step", "train_loss", "teacher_forced_loss", "train_accuracy", "mean_tokens", "truncated"]
+    # Verdicts that failed (the verifier raised or timed out) count as wrong in the accuracy.
+    columns += [c for c in ("verifier_errors", "heldout_verifier_errors") if any(c in m for m in metrics)]
     rows = [
         [pct(m.get(c)) if c == "train_accuracy" else fmt(m.get(c)) for c in columns]
         for m in sorted(metrics, key=lambda m: m["step"])
@@ -349,7 +351,11 @@ def _eval_table(rows: list[dict[str, Any]], key: str, caption: str) -> Table | N
     if not rows:
         return None
     metrics = [m for m in rows[0] if artifacts.EVAL_METRIC.match(m)]
-    extra = [c for c in ("problems", "samples", "mean_tokens", "truncated") if c in rows[0]]
+    extra = [
+        c for c in ("problems", "samples", "mean_tokens", "truncated", "verifier_errors") if c in rows[0]
+    ]
+    if "maj_grouping" in rows[0]:
+        caption += f" maj@k votes group answers by {rows[0]['maj_grouping']}."
 
     def cell(row: dict[str, Any], m: str) -> str:
         se = row.get(f"{m}_stderr")

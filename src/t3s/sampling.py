@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from t3s.errors import T3SError
 from t3s.generation import Backend, Completion, SamplingParams
 from t3s.verify import VerifierPool
 
@@ -65,3 +66,28 @@ def sample_and_verify(
 def accuracy(records: Sequence[SampleRecord]) -> float:
     """Mean correctness over all samples (avg@k)."""
     return sum(r.correct for r in records) / len(records) if records else float("nan")
+
+
+class Checked(Protocol):
+    """A verdict, a sample record or a grouping: anything a verifier may have failed on."""
+
+    @property
+    def error(self) -> str | None: ...
+
+
+def check_verifier_errors(
+    records: Sequence[Checked], limit: float, where: str, setting: str, what: str = "verdicts"
+) -> int:
+    """How many `records` the verifier failed on (it raised or timed out; neither right nor wrong).
+
+    More than a `limit` fraction of them is a T3SError naming `where` and the first error.
+    A broken verifier would otherwise score every answer wrong: 0% accuracy everywhere, which the
+    probe would read as its bottleneck. `setting` names the knob that raises the limit.
+    """
+    errors = [r.error for r in records if r.error is not None]
+    if records and len(errors) > limit * len(records):
+        raise T3SError(
+            f"{where}: {len(errors)} of {len(records)} {what} ({len(errors) / len(records):.0%}) are "
+            f"verifier errors (first: {' '.join(errors[0].split())}); fix the verifier or raise {setting}"
+        )
+    return len(errors)

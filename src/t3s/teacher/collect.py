@@ -11,6 +11,8 @@ Output directory layout:
 A sample counts as correct only if it stopped by itself (finish reason "stop") and the verifier
 accepts its trace; a truncated one is never kept. Among the correct samples of a prompt one is
 kept at random, seeded by (seed, teacher, prompt); a prompt without any is dropped and counted.
+Verdicts whose verifier raised or timed out are counted (`verifier_errors`); more than
+`max_verifier_errors` of a teacher's verdicts stop the command before any corpus is written.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from t3s.fingerprint import digest
 from t3s.generation import SamplingParams
 from t3s.io import write_json
 from t3s.progress import Bar, bar
+from t3s.sampling import check_verifier_errors
 from t3s.teacher.backends import Job, ReasoningFormat, TeacherBackend, TeacherSpec, Trace, make_backend
 from t3s.teacher.store import SampleStore, generation_hash
 from t3s.verify import Verdict, VerifierPool, VerifyFn, load_verifier
@@ -49,6 +52,9 @@ class TeacherSettings(BaseModel):
     reasoning_format: ReasoningFormat = "think-tags"
     verifier: str = "math"
     verify_timeout: float = Field(10.0, gt=0, description="seconds per answer")
+    max_verifier_errors: float = Field(
+        0.05, ge=0, le=1, description="stop when more of a teacher's verdicts are verifier errors"
+    )
     concurrency: int = Field(16, ge=1, description="requests in flight per endpoint")
     timeout: float = Field(3600.0, gt=0, description="seconds per request")
     retries: int = Field(8, ge=0, description="retries of a request on 429, 5xx and connection errors")
@@ -143,6 +149,9 @@ def _select(
 ) -> tuple[list[Example], dict[str, Any]]:
     """Keep one correct trace per prompt at random (seeded); the teacher's statistics beside it."""
     name, fmt = got.spec.name, settings.reasoning_format
+    errors = check_verifier_errors(
+        list(verdicts.values()), settings.max_verifier_errors, f"teacher {name}", "--max-verifier-errors"
+    )
     kept: list[Example] = []
     per_prompt: list[dict[str, Any]] = []
     all_tokens: list[int | None] = []
@@ -151,7 +160,7 @@ def _select(
         h = digest(p.prompt)
         present = {k: t for k in range(settings.samples) if (t := got.store.samples.get((h, k))) is not None}
         correct = [k for k, t in present.items() if t.finish_reason == "stop" and verdicts[(p.id, k)].correct]
-        errors = [v.error for k in present if (v := verdicts.get((p.id, k))) is not None and v.error]
+        failed = [v.error for k in present if (v := verdicts.get((p.id, k))) is not None and v.error]
         keep = random.Random(digest(settings.seed, name, h, "keep")).choice(correct) if correct else None
         all_tokens += [t.num_tokens for t in present.values()]
         if keep is not None:
@@ -167,7 +176,7 @@ def _select(
                 "pass_rate": len(correct) / len(present) if present else None,
                 "kept_sample": keep,
             }
-            | ({"verifier_error": errors[0]} if errors else {})
+            | ({"verifier_errors": len(failed), "verifier_error": failed[0]} if failed else {})
         )
     n_samples = sum(r["samples"] for r in per_prompt)
     n_correct = sum(r["correct"] for r in per_prompt)
@@ -193,7 +202,7 @@ def _select(
         "correct": n_correct,
         "truncated": sum(r["truncated"] for r in per_prompt),
         "pass_rate": n_correct / n_samples if n_samples else None,
-        "verifier_errors": sum("verifier_error" in r for r in per_prompt),
+        "verifier_errors": errors,
         "requested": got.requested,
         "received": got.received,
         "failed": len(got.failures),
@@ -254,8 +263,9 @@ def collect_traces(
         verdicts = _verify(collected, prompts, settings, verify_fn)
         combined: list[Example] = []
         summary: dict[str, Any] = {"prompts": len(prompts), "teachers": {}}
-        for got, teacher_verdicts in zip(collected, verdicts, strict=True):
-            kept, stats = _select(got, prompts, settings, teacher_verdicts)
+        # Every teacher is selected (and its verifier errors checked) before any corpus is written.
+        selected = [_select(got, prompts, settings, v) for got, v in zip(collected, verdicts, strict=True)]
+        for got, (kept, stats) in zip(collected, selected, strict=True):
             write_corpus(out / got.spec.name / "corpus.jsonl", kept)
             write_json(out / got.spec.name / "stats.json", stats)
             combined += [dataclasses.replace(e, id=f"{got.spec.name}/{e.id}") for e in kept]
