@@ -4,6 +4,11 @@ For a sequence x, position i holds c_i = log p(x_i | x_<i): the logits that pred
 the hidden state at i - 1. Only the hidden states of scored positions go through the output
 layer, a chunk of positions at a time, so the extra memory is O(chunk x vocab) whatever the batch
 and sequence lengths (32K-token traces with 150K vocabularies stay within a few GB).
+
+The output layer and the log-softmax always run in float32, whatever the model's dtype: a bf16
+logit is rounded by up to 2^-8 of its size (0.1 nats at logit 30), more than many |Δc| worth
+scoring. The hidden states still come from the model's dtype, and in bf16 their error dominates
+(see `t3s.profile`, which reports how many Δc fall within it).
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ import torch
 
 from t3s.errors import T3SError
 from t3s.tokens import TokenizedExample
+
+# Output-layer rows converted to float32 at once: the extra memory is _VOCAB_BLOCK x hidden x 4
+# bytes (256 MB at hidden 4096), where a float32 copy of the whole layer would take 2.5 GB for
+# Qwen3-8B; re-converting it per chunk of positions costs a few % of the float32 matmul it feeds.
+_VOCAB_BLOCK = 16384
 
 
 def _finish_logits(model: Any, logits: torch.Tensor) -> torch.Tensor:
@@ -38,12 +48,29 @@ def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     return out.last_hidden_state
 
 
+def _logits_float32(head: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    """hidden @ W.T (+ b) in float32, the weight converted `_VOCAB_BLOCK` vocabulary rows at a time."""
+    weight, bias = head.weight, head.bias
+    x = hidden.float()
+    logits = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
+    for v in range(0, weight.shape[0], _VOCAB_BLOCK):
+        rows = slice(v, v + _VOCAB_BLOCK)
+        b = None if bias is None else bias[rows].float()
+        logits[:, rows] = torch.nn.functional.linear(x, weight[rows].float(), b)
+    return logits
+
+
 def gather_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """log p(target_j | hidden_j) for rows of `hidden` [n, h], computed `chunk` rows at a time."""
     head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise T3SError(
+            f"{type(model).__name__}: its output layer is a {type(head).__name__}, not a Linear layer; "
+            "t3s computes log-probs from that layer's weight in float32"
+        )
     out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
     for s in range(0, targets.shape[0], chunk):
-        logits = _finish_logits(model, head(hidden[s : s + chunk]).float())
+        logits = _finish_logits(model, _logits_float32(head, hidden[s : s + chunk]))
         out[s : s + chunk] = torch.log_softmax(logits, dim=-1).gather(-1, targets[s : s + chunk, None])[:, 0]
         del logits
     return out
@@ -116,7 +143,10 @@ def check_against_full_forward(
     logits = model(input_ids=ids, use_cache=False).logits[0].float()
     ref = torch.log_softmax(logits[start - 1 : end - 1], -1).gather(-1, ids[0, start:end, None])[:, 0]
     got = torch.from_numpy(values[start:end]).to(device)
-    tol = 1e-3 if next(model.parameters()).dtype == torch.float32 else 0.1
+    # Below float32 the reference's own logits are rounded (by up to eps/2 of the largest), while
+    # `values` come from a float32 output layer; 0.1 absorbs batching and padding differences.
+    dtype = next(model.parameters()).dtype
+    tol = 1e-3 if dtype == torch.float32 else 0.1 + torch.finfo(dtype).eps * logits.abs().max().item()
     err = (ref - got).abs().max().item()
     if not err <= tol:
         raise T3SError(

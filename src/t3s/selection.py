@@ -14,7 +14,6 @@ Every policy returns, per example, a 0/1 `loss_mask` over all positions of `inpu
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from t3s.errors import T3SError
-from t3s.fingerprint import digest
+from t3s.fingerprint import digest, file_digest
 from t3s.io import atomic_dir, write_json
 from t3s.training import IGNORE
 
@@ -221,14 +220,6 @@ def check_same_examples(run_tokens: pa.Table, profile: pa.Table, where: str) -> 
                 f"{where}: example {first} ({col}) differs from the run's tokens; "
                 "it was profiled on another corpus or tokenizer"
             )
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def select_run(run_path: str | Path, options: SelectOptions) -> dict[str, Any]:
