@@ -92,3 +92,18 @@ def test_any_trainer_stops_at_the_nan_step_before_saving_it(tiny_model, tokenize
         trainer.train()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
     assert [(r["step"], r["loss"]) for r in log_history_rows(trainer)][1] == (2, None)
+
+
+def test_a_step_with_every_token_masked_has_zero_loss_not_nan(tiny_model, tokenizer, tmp_path: Path) -> None:
+    # Heavy selection leaves whole global batches without a kept token: nothing to learn, loss 0.
+    from t3s.models import load_model
+
+    items = tokenized(tokenizer, tmp_path)
+    labels = [labels_for(t) for t in items[:1]] + [[-100] * len(t.input_ids) for t in items[1:]]
+    recipe = TrainRecipe(steps=4, batch_size=1, micro_batch_size=1, lr=1e-3, seed=0)
+    model = load_model(str(tiny_model))
+    trainer = build_trainer(model, tokenizer, sft_dataset(items, labels), recipe, tmp_path / "out")
+    trainer.train()
+    losses = [r["loss"] for r in log_history_rows(trainer)]
+    assert len(losses) == 4 and losses.count(0.0) == 3 and all(v > 0 for v in losses if v != 0.0)
+    assert all(p.isfinite().all() for p in model.parameters())

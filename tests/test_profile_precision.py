@@ -112,3 +112,16 @@ def test_bf16_error_on_real_weights_stays_inside_the_band(smollm2_dir: Path, tmp
     err = _check_band(*_profile_both(models, data, tmp_path / "p.parquet"))
     # Real weights in bf16 move Δc far beyond float32's band, yet less than bf16's.
     assert t3s.profile.RESOLUTION["float32"] < err.max() < t3s.profile.RESOLUTION["bfloat16"]
+
+
+def test_a_half_precision_profile_mostly_inside_its_band_warns(tiny_pair, tiny_model: Path, capsys) -> None:
+    data, out, _ = tiny_pair
+    models = {"base": str(tiny_model), "bottleneck": str(out.parent / "neck")}
+    kwargs = {"device": "cpu", "shard_size": 4}
+    low = profile_standalone(models, data, out, TokenizeConfig(), dtype="bfloat16", **kwargs)
+    assert low["delta"]["resolution"]["within_share"] > 0.1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{low['delta']['resolution']['within_share']:.0%} of response tokens have |Δc| < 2 nats" in err
+    assert "--dtype float32" in err
+    profile_standalone(models, data, out, TokenizeConfig(), dtype="float32", **kwargs)
+    assert "warning" not in capsys.readouterr().err

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from rich.console import Console
 
 from t3s.confidence import score
 from t3s.errors import T3SError
@@ -43,6 +44,9 @@ from t3s.tokens import TOKENS_SCHEMA, TokenizedExample
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 # |Δc| (nats) below which the scoring dtype may flip Δc's sign; see the module docstring.
 RESOLUTION = {"float32": 2.0**-12, "float16": 2.0**-2, "bfloat16": 2.0}
+# Past this share of tokens inside the band, a half-precision profile's anchor set is worth a warning.
+_NOISY_SHARE = 0.1
+console = Console(stderr=True)
 
 
 def check_name(name: str) -> str:
@@ -171,13 +175,22 @@ def build_profile(
     if "delta" in table.column_names:
         flat = np.concatenate([np.asarray(d, dtype=np.float32) for d in table.column("delta").to_pylist()])
         flat = flat[~np.isnan(flat)]
-        band = RESOLUTION[dtype_name]
+        band = RESOLUTION.get(dtype_name, RESOLUTION["float32"])
+        within = float((np.abs(flat) < band).mean())
         summary["delta"] = {
             "mean": float(flat.mean()),
             "anchor_share": float((flat > 0).mean()),
             "quantiles": {str(q): float(np.quantile(flat, q)) for q in (0.01, 0.1, 0.5, 0.9, 0.99)},
-            "resolution": {"band": band, "within_share": float((np.abs(flat) < band).mean())},
+            "resolution": {"band": band, "within_share": within},
         }
+        if dtype_name != "float32" and within > _NOISY_SHARE and PartialState().is_main_process:
+            console.print(
+                f"[yellow]warning:[/] {within:.0%} of response tokens have |Δc| < {band:g} nats, inside "
+                f"{dtype_name}'s rounding: their side of the anchor threshold is partly noise; "
+                "profile with --dtype float32 (profile.dtype) for an exact anchor set",
+                highlight=False,
+                soft_wrap=True,
+            )
     if PartialState().is_main_process:
         write_parquet(out, table)
         write_json(out.with_suffix(".json"), summary)

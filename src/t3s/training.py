@@ -230,6 +230,23 @@ def _stop_on_nonfinite_loss(where: Path) -> Any:
     return StopOnNonFiniteLoss()
 
 
+def _trainer_class() -> Any:
+    from transformers import Trainer
+
+    class MaskedTrainer(Trainer):  # type: ignore[misc]
+        def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
+            # A global batch whose every token is masked (heavy selection on a small corpus) has
+            # nothing to learn: its loss is the empty sum, 0, with zero gradients, not 0/0 = NaN.
+            samples, count = super().get_batch_samples(*args, **kwargs)
+            if torch.is_tensor(count):
+                count = count.clamp(min=1)
+            elif count is not None:
+                count = max(count, 1)
+            return samples, count
+
+    return MaskedTrainer
+
+
 def build_trainer(
     model: Any,
     tokenizer: Any,
@@ -241,14 +258,14 @@ def build_trainer(
     save_steps: int | None = None,
     save_total_limit: int | None = None,
 ) -> Any:
-    from transformers import DataCollatorForSeq2Seq, Trainer
+    from transformers import DataCollatorForSeq2Seq
 
     tokenizer.padding_side = "right"
     args = training_arguments(recipe, output_dir, save_steps=save_steps, save_total_limit=save_total_limit)
     collator = DataCollatorForSeq2Seq(
         tokenizer, padding=True, label_pad_token_id=IGNORE, pad_to_multiple_of=8
     )
-    trainer = Trainer(
+    trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=dataset,
