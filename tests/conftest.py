@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "corpus.jsonl", arithmetic_rows(12))
+
+
+def importable_module(root: Path, name: str, source: str) -> Path:
+    """Write `name.py` into `root` and put it on sys.path, which spawned verifier workers inherit."""
+    (root / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(root))
+    return root

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_jsonl
+from conftest import importable_module, write_jsonl
 from t3s.errors import T3SError
 from t3s.evaluation import Bench, EvalSettings, evaluate, load_bench, output_paths
 from t3s.generation import Completion, SamplingParams
@@ -37,9 +37,7 @@ def exact(gold, completion):
 @pytest.fixture(scope="session")
 def check_verifier(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A custom `module:function` verifier importable here and in the spawned verifier workers."""
-    root = tmp_path_factory.mktemp("verifiers")
-    (root / "t3s_eval_check.py").write_text(CHECK_MODULE)
-    sys.path.insert(0, str(root))  # spawned workers inherit sys.path
+    importable_module(tmp_path_factory.mktemp("verifiers"), "t3s_eval_check", CHECK_MODULE)
     return "t3s_eval_check:exact"
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
+from conftest import importable_module, write_jsonl
 from t3s.evaluation import EvalSettings, evaluate, load_bench
 from t3s.metrics import problem_scores
 from t3s.verify import VerifierPool, load_verifier
@@ -46,9 +45,7 @@ def exact(gold, completion):
 
 @pytest.fixture(scope="session")
 def custom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("equivalence_verifiers")
-    (root / "t3s_equivalence.py").write_text(CUSTOM)
-    sys.path.insert(0, str(root))  # spawned workers inherit sys.path
+    importable_module(tmp_path_factory.mktemp("equivalence_verifiers"), "t3s_equivalence", CUSTOM)
     return "t3s_equivalence"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import arithmetic_rows, write_jsonl
+from conftest import arithmetic_rows, importable_module, write_jsonl
 from t3s.errors import T3SError
 from t3s.evaluation import EvalSettings, evaluate, load_bench
 from t3s.verify import Verdict, VerifierPool, load_verifier
@@ -56,10 +56,7 @@ def fails_on_golds(gold, completion):
 @pytest.fixture(scope="session")
 def failing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The directory of `t3s_failing_verifiers`, importable here and in spawned verifier workers."""
-    root = tmp_path_factory.mktemp("failing_verifiers")
-    (root / "t3s_failing_verifiers.py").write_text(FAILING)
-    sys.path.insert(0, str(root))  # spawned workers inherit sys.path
-    return root
+    return importable_module(tmp_path_factory.mktemp("failing_verifiers"), "t3s_failing_verifiers", FAILING)
 
 
 # -- the one count-and-check ---------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """The verifier pool: math-verify semantics, custom verifiers, and answers that never return."""
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import importable_module
 from t3s.errors import T3SError
 from t3s.verify import VerifierPool, load_verifier, math_verify
 
@@ -28,8 +28,7 @@ def test_math_verify_reads_the_final_answer() -> None:
 
 
 def test_hanging_answers_time_out_and_healthy_ones_behind_them_do_not(tmp_path: Path) -> None:
-    (tmp_path / "t3s_hanging.py").write_text(HANGING)
-    sys.path.insert(0, str(tmp_path))  # spawned workers inherit sys.path
+    importable_module(tmp_path, "t3s_hanging", HANGING)
     fn = load_verifier("t3s_hanging:hang_on_loop")
     pool = VerifierPool(fn, workers=2, timeout=1.0)
     pairs = [("1", "LOOP"), ("1", "LOOP"), ("2", "2"), ("1", "LOOP"), ("3", "3"), ("4", "x"), ("5", "5")]
