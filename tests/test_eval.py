@@ -232,15 +232,20 @@ def test_resume_after_a_kill_generates_only_what_is_missing(
     assert len(lines(samples)) == 24 + 12
 
 
+def q2_answer_changed(bench: Bench) -> Bench:
+    """The benchmark with q2's gold answer changed to 5: its stored samples must be re-verified."""
+    return Bench(
+        bench.name, bench.path, [replace(p, answer="5") if p.id == "q2" else p for p in bench.problems]
+    )
+
+
 def test_changed_gold_answer_is_reverified_not_regenerated(
     tmp_path: Path, tiny_model: Path, tokenizer, bench, check_verifier
 ) -> None:
     cfg = settings(check_verifier)
     out = tmp_path / "res.json"
     run_fake(tiny_model, tokenizer, bench, cfg, out)
-    fixed = Bench(
-        bench.name, bench.path, [replace(p, answer="5") if p.id == "q2" else p for p in bench.problems]
-    )
+    fixed = q2_answer_changed(bench)
 
     def no_backend(path: str):
         raise AssertionError("a new gold answer needs no new generation")
@@ -349,9 +354,7 @@ def test_samples_written_before_stop_token_existed_are_reverified(
     samples = out.with_suffix(".samples.jsonl")
     old = [{k: v for k, v in r.items() if k != "stop_token"} for r in lines(samples)]
     write_jsonl(samples, old)
-    fixed = Bench(
-        bench.name, bench.path, [replace(p, answer="5") if p.id == "q2" else p for p in bench.problems]
-    )
+    fixed = q2_answer_changed(bench)
 
     def no_backend(path: str):
         raise AssertionError("stored samples need no new generation")
