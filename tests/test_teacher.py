@@ -18,9 +18,9 @@ from conftest import write_jsonl
 from t3s.data import load_corpus
 from t3s.errors import T3SError
 from t3s.fingerprint import digest
-from t3s.teacher.backends import Trace, parse_teacher, parse_teachers, sample_seed
+from t3s.store import SampleStore
 from t3s.teacher.collect import TeacherSettings, collect_traces
-from t3s.teacher.store import SampleStore
+from t3s.teacher.specs import Trace, parse_teacher, parse_teachers, sample_seed
 
 TESTS = Path(__file__).parent
 MATH = TeacherSettings(samples=4, verify_timeout=30)

@@ -35,8 +35,8 @@ from t3s.generation import SamplingParams
 from t3s.io import write_json
 from t3s.progress import Bar, bar
 from t3s.sampling import check_verifier_errors
-from t3s.teacher.backends import Job, ReasoningFormat, TeacherBackend, TeacherSpec, Trace, make_backend
-from t3s.teacher.store import SampleStore, generation_hash
+from t3s.store import SampleStore, generation_hash
+from t3s.teacher.specs import Job, ReasoningFormat, TeacherBackend, TeacherSpec, Trace, make_backend
 from t3s.verify import Verdict, VerifierPool, VerifyFn, load_verifier
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from t3s.errors import T3SError
 from t3s.generation import SamplingParams
-from t3s.teacher.backends import Job, Sink, Trace, sample_seed
+from t3s.teacher.specs import Job, Sink, Trace, sample_seed
 from t3s.tokens import _messages
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"

@@ -15,7 +15,7 @@ from typing import Any
 from t3s.fingerprint import digest
 from t3s.generation import SamplingParams
 from t3s.io import append_jsonl, read_jsonl
-from t3s.teacher.backends import Job, Trace
+from t3s.teacher.specs import Job, Trace
 
 
 def generation_hash(model: str, params: SamplingParams) -> str:
