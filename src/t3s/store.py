@@ -1,60 +1,47 @@
-"""The resumable sample store: one JSON line per teacher sample, appended durably as it arrives.
+"""The resumable sample store: one JSON line per sample, appended durably as soon as it is made.
 
-A sample's key is (teacher, prompt hash, sample index, generation hash). The generation hash
-covers the model and every sampling parameter, so changing one starts a separate key space in
-the same file; the number of samples per prompt is not part of it, so asking for more samples
-later only tops prompts up. A rerun after a kill sends exactly the requests whose key is missing.
+Evaluation, the probe and the teacher keep their samples this way. A file may hold several key
+spaces: a row belongs to a store when its `space` fields match (a model and sampling parameters, a
+teacher and its generation hash), and within it a sample's key is its `key` fields and its sample
+index. Changing what the space covers (another model, other sampling parameters) starts a separate
+key space in the same file; asking for more samples per prompt only tops prompts up. A later line
+with the same key replaces an earlier one (a sample verified again); a torn last line, left by a
+write that was killed, is ignored.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-from t3s.fingerprint import digest
-from t3s.generation import SamplingParams
+from t3s.errors import T3SError
 from t3s.io import append_jsonl, read_jsonl
-from t3s.teacher.specs import Job, Trace
 
-
-def generation_hash(model: str, params: SamplingParams) -> str:
-    return digest(model, params.temperature, params.top_p, params.max_new_tokens, params.seed)
+Key = tuple[Any, ...]
 
 
 class SampleStore:
-    """The samples of one teacher under one generation hash, read from and appended to a JSONL file."""
+    """The rows of one key space of a JSONL file, by (key fields..., sample index), in file order."""
 
-    def __init__(self, path: str | Path, teacher: str, generation: str) -> None:
+    def __init__(
+        self, path: str | Path, space: dict[str, Any], key: tuple[str, ...] = ("id", "prompt")
+    ) -> None:
+        """`key` defaults to that of verified samples (`t3s.sampling`): problem id and prompt key."""
         self.path = Path(path)
-        self.teacher, self.generation = teacher, generation
-        self.samples: dict[tuple[str, int], Trace] = {}
-        for row in read_jsonl(self.path):
-            if row.get("teacher") == teacher and row.get("generation") == generation:
-                # First wins: a key is written once by construction, and never replaced.
-                self.samples.setdefault((row["prompt_hash"], row["sample"]), _trace(row))
+        self.space, self.key = space, key
+        self.rows: dict[Key, dict[str, Any]] = {}
+        try:
+            rows = read_jsonl(self.path)
+        except ValueError as exc:
+            raise T3SError(f"{self.path}: a line is not valid JSON ({exc}); remove it or the file") from exc
+        for row in rows:
+            if all(row.get(k) == v for k, v in space.items()):
+                self.rows[self._key(row)] = row
 
-    def add(self, job: Job, sample: int, trace: Trace) -> None:
-        key = (job.prompt_hash, sample)
-        if key in self.samples:
-            return
-        append_jsonl(
-            self.path,
-            {
-                "teacher": self.teacher,
-                "generation": self.generation,
-                "prompt_hash": job.prompt_hash,
-                "sample": sample,
-                "prompt_id": job.prompt_id,
-                "content": trace.content,
-                "reasoning": trace.reasoning,
-                "num_tokens": trace.num_tokens,
-                "finish_reason": trace.finish_reason,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-        )
-        self.samples[key] = trace
+    def _key(self, row: dict[str, Any]) -> Key:
+        return (*(row.get(k) for k in self.key), row.get("sample"))
 
-
-def _trace(row: dict[str, Any]) -> Trace:
-    return Trace(row["content"], row.get("reasoning"), row.get("num_tokens"), row["finish_reason"])
+    def add(self, row: dict[str, Any]) -> None:
+        """Append `row` (its space fields included) durably and index it."""
+        append_jsonl(self.path, row)
+        self.rows[self._key(row)] = row
