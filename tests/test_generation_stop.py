@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from t3s.generation import Completion, SamplingParams, TransformersBackend
+from t3s.generation import Completion, SamplingParams, TransformersEngine
 from t3s.tokens import encode_prompt
 
 ANSWER = "Answer: 42"
@@ -76,7 +76,7 @@ def rig(smollm2_dir: Path):
 
 
 def generate(
-    backend: TransformersBackend, prompt: list[int], max_new_tokens: int = 20
+    backend: TransformersEngine, prompt: list[int], max_new_tokens: int = 20
 ) -> tuple[Completion, int]:
     """The one completion, and how many tokens `model.generate` really produced."""
     widths: list[int] = []
@@ -97,7 +97,7 @@ def generate(
 
 def test_generation_stops_at_the_template_end_of_turn_not_only_eos(rig) -> None:
     tok, prompt, model = rig
-    completion, produced = generate(TransformersBackend(model, tok), prompt)
+    completion, produced = generate(TransformersEngine(model, tok), prompt)
     # Without <|im_end|> among the stop ids this runs to 20 tokens: "Answer: 42 junk junk ...".
     assert (completion.text, completion.num_tokens, completion.finish_reason) == (ANSWER, 6, "stop")
     assert produced == 6 < 20  # model.generate itself stopped, the text was not cut afterwards
@@ -106,7 +106,7 @@ def test_generation_stops_at_the_template_end_of_turn_not_only_eos(rig) -> None:
 
 def test_plain_prompts_stop_only_at_eos_and_a_mostly_truncated_call_warns(rig, capsys) -> None:
     tok, prompt, model = rig
-    completion, produced = generate(TransformersBackend(model, tok, template="plain"), prompt)
+    completion, produced = generate(TransformersEngine(model, tok, template="plain"), prompt)
     assert (completion.finish_reason, completion.stop_token, completion.num_tokens, produced) == (
         "length",
         None,
@@ -121,6 +121,7 @@ def test_plain_prompts_stop_only_at_eos_and_a_mostly_truncated_call_warns(rig, c
 
 
 def test_stopped_samples_record_their_stop_token(rig) -> None:
+    from t3s.backends import make_backend
     from t3s.sampling import sample_and_verify
     from t3s.verify import VerifierPool, load_verifier
 
@@ -128,8 +129,13 @@ def test_stopped_samples_record_their_stop_token(rig) -> None:
     pool = VerifierPool(load_verifier("math"))
     try:
         [record] = sample_and_verify(
-            TransformersBackend(model, tok), ["q"], [prompt], ["42"], SamplingParams(max_new_tokens=20), pool
-        )
+            make_backend(model, tokenizer=tok),
+            ["q"],
+            [prompt],
+            ["42"],
+            SamplingParams(max_new_tokens=20),
+            pool,
+        ).records
     finally:
         pool.close()
     row = record.to_dict()
@@ -168,12 +174,12 @@ def test_vllm_backend_stops_at_the_template_end_of_turn(rig, tmp_path: Path) -> 
     pytest.importorskip("vllm")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA")
-    from t3s.generation import vllm_backend
+    from t3s.backends import vllm_engine
 
     tok, prompt, model = rig
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
-    backend = vllm_backend(
+    backend = vllm_engine(
         str(tmp_path / "model"),
         tok,
         "auto",

@@ -1,4 +1,4 @@
-"""The probe's vLLM path on the CPU: a fake engine stands in for vLLM behind `vllm_backend`.
+"""The probe's vLLM path on the CPU: a fake engine stands in for vLLM behind `vllm_engine`.
 
 The fake records the model directory each engine is built over and answers the first
 `CORRECT[k]` prompts of its k-th engine right, so the metrics rows and θb are known exactly.
@@ -39,11 +39,13 @@ def engines(monkeypatch: pytest.MonkeyPatch, tokenizer) -> list[dict]:
     built: list[dict] = []
 
     class FakeVLLM:
-        def __init__(self, model_path: str, stops: dict[int, str], **engine) -> None:
+        def __init__(
+            self, model_path: str, stops: dict[int, str], *, dtype="auto", trust_remote_code=False, **engine
+        ) -> None:
             self.k = len(built)
             built.append({"model": model_path, "stops": stops, "engine": engine})
 
-        def generate(self, prompts, params: SamplingParams) -> list[list[Completion]]:
+        def generate(self, prompts, params: SamplingParams, on_batch=None) -> list[list[Completion]]:
             out = []
             for j, ids in enumerate(prompts):
                 a, b = map(int, re.findall(r"What is (\d+)\+(\d+)\?", tokenizer.decode(ids))[-1])
@@ -51,7 +53,7 @@ def engines(monkeypatch: pytest.MonkeyPatch, tokenizer) -> list[dict]:
                 out.append([Completion(f"\\boxed{{{answer}}}", 4, "stop", "<|im_end|>")] * params.n)
             return out
 
-    monkeypatch.setattr(t3s.generation, "VLLMBackend", FakeVLLM)
+    monkeypatch.setattr(t3s.generation, "VLLMEngine", FakeVLLM)
     return built
 
 

@@ -18,9 +18,10 @@ from conftest import write_jsonl
 from t3s.data import load_corpus
 from t3s.errors import T3SError
 from t3s.fingerprint import digest
-from t3s.teacher.backends import Trace, parse_teacher, parse_teachers, sample_seed
+from t3s.generation import Completion, sample_seed
+from t3s.store import SampleStore
 from t3s.teacher.collect import TeacherSettings, collect_traces
-from t3s.teacher.store import SampleStore
+from t3s.teacher.specs import parse_teacher, parse_teachers
 
 TESTS = Path(__file__).parent
 MATH = TeacherSettings(samples=4, verify_timeout=30)
@@ -124,10 +125,10 @@ def test_bad_teacher_specs(teachers: list[str], extra: dict, message: str) -> No
 
 
 def test_reasoning_is_joined_as_asked() -> None:
-    trace = Trace("The answer is 4.", reasoning="2+2 is 4")
-    assert trace.text("think-tags") == "<think>\n2+2 is 4\n</think>\n\nThe answer is 4."
-    assert trace.text("content-only") == "The answer is 4."
-    assert Trace("just content").text("think-tags") == "just content"
+    trace = Completion("The answer is 4.", reasoning="2+2 is 4")
+    assert trace.with_reasoning("think-tags") == "<think>\n2+2 is 4\n</think>\n\nThe answer is 4."
+    assert trace.with_reasoning("content-only") == "The answer is 4."
+    assert Completion("just content").with_reasoning("think-tags") == "just content"
 
 
 # -- collection, selection, statistics ---------------------------------------------------------------
@@ -286,8 +287,8 @@ def test_store_ignores_a_torn_last_line_and_other_key_spaces(tmp_path: Path) -> 
     }
     other = {**row, "generation": "g2", "content": "y"}
     path.write_text(json.dumps(row) + "\n" + json.dumps(other) + "\n" + '{"teacher": "t", "gen')
-    store = SampleStore(path, "t", "g1")
-    assert store.samples == {("h", 0): Trace("x")}
+    store = SampleStore(path, {"teacher": "t", "generation": "g1"}, key=("prompt_hash",))
+    assert store.rows == {("h", 0): row}
 
 
 def test_transformers_teacher_tops_up_prompts_missing_different_counts(

@@ -16,8 +16,8 @@ import pytest
 
 from conftest import write_jsonl
 from t3s.errors import T3SError
-from t3s.teacher.backends import parse_teachers
 from t3s.teacher.collect import TeacherSettings, collect_traces
+from t3s.teacher.specs import parse_teachers
 
 KEY = "s3cret-value-never-logged"
 SETTINGS = TeacherSettings(samples=3, max_tokens=64, concurrency=2, retries=3, verify_timeout=30)

@@ -22,8 +22,8 @@ import pytest
 from conftest import write_jsonl
 from t3s.data import load_corpus
 from t3s.errors import T3SError
-from t3s.teacher.backends import parse_teachers
 from t3s.teacher.collect import TeacherSettings, collect_traces
+from t3s.teacher.specs import parse_teachers
 from test_teacher import cli, store_rows, subprocess_env
 
 pytestmark = [

@@ -251,8 +251,8 @@ def teacher_prompts(tmp_path: Path) -> Path:
 def test_teacher_counts_verifier_errors_per_sample_and_stops_past_the_limit(
     tmp_path: Path, failing: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from t3s.teacher.backends import parse_teachers
     from t3s.teacher.collect import TeacherSettings, collect_traces
+    from t3s.teacher.specs import parse_teachers
 
     specs = parse_teachers(["coin=python:test_teacher:coin_teacher"])
     settings = TeacherSettings(samples=4, verifier="t3s_failing_verifiers:fails_on_golds")

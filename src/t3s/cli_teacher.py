@@ -96,8 +96,8 @@ def teacher(
     trust_remote_code: Remote = False,
 ) -> None:
     """Sample k traces per prompt from each teacher, verify them, keep one correct trace per prompt."""
-    from t3s.teacher.backends import parse_teachers
     from t3s.teacher.collect import TeacherSettings, collect_traces
+    from t3s.teacher.specs import parse_teachers
 
     settings = _pydantic(
         TeacherSettings,

@@ -28,21 +28,22 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from t3s.backends import BackendOptions, BackendSpec, EngineBackend, Kind, chunk_seed, make_backend
 from t3s.data import Problem, PromptItem, _scan, parse_prompt_item
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, model_fingerprint
-from t3s.generation import Backend, BackendName, Completion, SamplingParams
-from t3s.io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from t3s.generation import Engine, SamplingParams
+from t3s.io import read_json, write_json, write_jsonl
 from t3s.metrics import problem_scores, summarize
-from t3s.progress import bar
 from t3s.rundir import RunDir
-from t3s.sampling import SampleRecord, check_verifier_errors, verify_samples
+from t3s.sampling import SampleRecord, check_verifier_errors, sample_and_verify
+from t3s.store import SampleStore
 from t3s.tokens import Template, encode_prompt
 from t3s.verify import Grouping, VerifierPool, load_verifier
 
-BackendFactory = Callable[[str], Backend]
+BackendFactory = Callable[[str], Engine]
 
 
 # -- benchmarks ----------------------------------------------------------------------------------
@@ -93,7 +94,7 @@ class EvalSettings:
     verifier: str = "math"
     verify_timeout: float = 10.0
     max_verifier_errors: float = 0.05  # the largest fraction of verdicts that may be verifier errors
-    backend: BackendName = "transformers"
+    backend: Literal["transformers", "vllm"] = "transformers"
     batch_size: int = 4
     chunk: int = 32
     device: str = "auto"
@@ -124,6 +125,21 @@ class EvalSettings:
     def sampling_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self.sampling()).items() if k != "n"}
 
+    def backend_kind(self) -> Kind:
+        return "hf" if self.backend == "transformers" else "vllm"
+
+    def backend_options(self) -> BackendOptions:
+        """`chunk` problems per generate call, saved together, each call with a seed of its own."""
+        return BackendOptions(
+            template=self.template,
+            batch_size=self.batch_size,
+            chunk=self.chunk,
+            seed=chunk_seed,
+            device=self.device,
+            dtype=self.dtype,
+            trust_remote_code=self.trust_remote_code,
+        )
+
 
 def output_paths(out: str | Path) -> tuple[Path, Path]:
     """`X.json` -> (X.json, X.samples.jsonl); anything else is a directory holding both."""
@@ -134,92 +150,11 @@ def output_paths(out: str | Path) -> tuple[Path, Path]:
 
 
 # -- one model on one benchmark ------------------------------------------------------------------
-def make_backend(
-    model_path: str, tokenizer: Any, settings: EvalSettings, *, tokenizer_path: str | None = None
-) -> Backend:
-    """The generation backend for one checkpoint (loads the model)."""
-    import torch
-
-    from t3s.generation import TransformersBackend, vllm_backend
-    from t3s.models import load_model, resolve_device, resolve_dtype
-
-    if settings.backend == "vllm":
-        # vLLM takes dtype names; ours (with aliases such as bf16) are checked and spelled out here.
-        dtype = settings.dtype
-        if dtype != "auto":
-            dtype = str(resolve_dtype(dtype, torch.device("cuda"))).removeprefix("torch.")
-        return vllm_backend(
-            model_path,
-            tokenizer,
-            settings.template,
-            tokenizer_path=tokenizer_path,
-            dtype=dtype,
-            trust_remote_code=settings.trust_remote_code,
-        )
-    device = resolve_device(settings.device)
-    model = load_model(
-        model_path,
-        device=device,
-        dtype=resolve_dtype(settings.dtype, device),
-        trust_remote_code=settings.trust_remote_code,
-    )
-    return TransformersBackend(
-        model, tokenizer, settings.batch_size, progress="generate", template=settings.template
-    )
-
-
 def _empty_cuda_cache() -> None:
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _read_samples(path: Path) -> list[dict[str, Any]]:
-    try:
-        return read_jsonl(path)
-    except ValueError as exc:
-        raise T3SError(f"{path}: a line is not valid JSON ({exc}); remove it or the file") from exc
-
-
-def _stored_samples(
-    path: Path, index: dict[str, int], model_fp: str, params_hash: str, prompt_keys: list[str], n: int
-) -> dict[tuple[int, int], dict[str, Any]]:
-    """The samples already in `path` for this key space, by (problem index, sample index)."""
-    have: dict[tuple[int, int], dict[str, Any]] = {}
-    for r in _read_samples(path):
-        i = index.get(r.get("id"))  # type: ignore[arg-type]
-        if (
-            i is not None
-            and r.get("model") == model_fp
-            and r.get("params") == params_hash
-            and r.get("prompt") == prompt_keys[i]
-            and isinstance(r.get("sample"), int)
-            and 0 <= r["sample"] < n
-        ):
-            have[(i, r["sample"])] = r  # a later line (re-verified) replaces an earlier one
-    return have
-
-
-def _stored(record: dict[str, Any]) -> tuple[SampleRecord, Completion]:
-    # Samples written before a field was added (stop_token) take its default.
-    fields = {k: record[k] for k in SampleRecord.__dataclass_fields__ if k in record}
-    return SampleRecord(**fields), Completion(
-        record["completion"], record["num_tokens"], record["finish_reason"], record.get("stop_token")
-    )
-
-
-def _chunks(missing: dict[int, list[int]], size: int) -> list[tuple[list[int], int]]:
-    """(problem indices, samples each): problems missing the same number of samples, `size` at a time."""
-    groups: dict[int, list[int]] = {}
-    for i, ks in missing.items():
-        if ks:
-            groups.setdefault(len(ks), []).append(i)
-    return [
-        (idx[s : s + size], m)
-        for m, idx in sorted(groups.items(), reverse=True)
-        for s in range(0, len(idx), size)
-    ]
 
 
 def evaluate(
@@ -238,8 +173,8 @@ def evaluate(
     """Score `model_path` on `bench`, generating only the samples not yet in the samples file.
 
     `tokenizer` (with `tokenizer_path`, where it was loaded from) defaults to the model's own;
-    `backend_factory(model_path)` defaults to `make_backend` and is called only if samples are
-    missing; `info` is merged into the summary (a run's step or policy). Returns the summary.
+    `backend_factory(model_path)` (an engine) defaults to `make_backend`'s and is called only if
+    samples are missing; `info` is merged into the summary (a run's step or policy). Returns the summary.
     """
     from t3s.models import load_tokenizer
 
@@ -251,85 +186,48 @@ def evaluate(
     prompts = [encode_prompt(tokenizer, p.prompt, settings.template) for p in problems]
     model_fp = model_fingerprint(model_path)
     params_hash = settings.params_hash()
-    prompt_keys = [digest(ids) for ids in prompts]
-    verify_keys = [digest(settings.verifier, p.answer) for p in problems]
     n = settings.samples
-    index = {p.id: i for i, p in enumerate(problems)}
-
-    def row(i: int, rec: SampleRecord) -> dict[str, Any]:
-        return {
-            **rec.to_dict(),
-            "answer": problems[i].answer,
-            "model": model_fp,
-            "params": params_hash,
-            "prompt": prompt_keys[i],
-            "verify": verify_keys[i],
-        }
-
-    have = _stored_samples(samples_path, index, model_fp, params_hash, prompt_keys, n)
+    store = SampleStore(samples_path, {"model": model_fp, "params": params_hash})
+    options = settings.backend_options()
+    backend = (
+        EngineBackend(lambda: backend_factory(model_path), options)
+        if backend_factory is not None
+        else make_backend(
+            BackendSpec(settings.backend_kind(), model_path),
+            options,
+            tokenizer=tokenizer,
+            tokenizer_path=tokenizer_path,
+        )
+    )
     own_pool = verifier is None
     pool = verifier or VerifierPool(load_verifier(settings.verifier), timeout=settings.verify_timeout)
-    generated = 0
     try:
-        # A failed verdict is no verdict: verified again, e.g. once the verifier is fixed.
-        stale = [
-            (i, k)
-            for (i, k), r in have.items()
-            if r.get("verify") != verify_keys[i] or r.get("error") is not None
-        ]
-        if stale:
-            stored = [_stored(have[key]) for key in stale]
-            fresh = verify_samples(
-                pool,
-                [
-                    (rec.id, rec.sample, problems[i].answer, c)
-                    for (i, _), (rec, c) in zip(stale, stored, strict=True)
-                ],
-            )
-            for (i, k), rec in zip(stale, fresh, strict=True):
-                have[(i, k)] = row(i, rec)
-                append_jsonl(samples_path, have[(i, k)])
-        missing = {i: [k for k in range(n) if (i, k) not in have] for i in range(len(problems))}
-        todo = _chunks(missing, settings.chunk)
-        if todo:
-            backend = (
-                backend_factory
-                or (lambda path: make_backend(path, tokenizer, settings, tokenizer_path=tokenizer_path))
-            )(model_path)
-            total = sum(len(idx) * m for idx, m in todo)
-            with bar(f"eval {label or Path(model_path).name}", total=total, unit="samples") as progress:
-                for idx, m in todo:
-                    # A seed of its own per chunk: resumed or added samples must not repeat earlier draws.
-                    seed = int(digest(settings.seed, [(problems[i].id, missing[i]) for i in idx]), 16) % 2**31
-                    params = replace(settings.sampling(), n=m, seed=seed)
-                    completions = backend.generate([prompts[i] for i in idx], params)
-                    batch = [
-                        (problems[i].id, missing[i][j], problems[i].answer, c)
-                        for i, cs in zip(idx, completions, strict=True)
-                        for j, c in enumerate(cs)
-                    ]
-                    for rec in verify_samples(pool, batch):
-                        i = index[rec.id]
-                        have[(i, rec.sample)] = row(i, rec)
-                        append_jsonl(samples_path, have[(i, rec.sample)])
-                    generated += len(batch)
-                    progress.advance(len(batch))
-            del backend  # free the model before the next checkpoint is loaded
+        sampled = sample_and_verify(
+            backend,
+            [p.id for p in problems],
+            prompts,
+            [p.answer for p in problems],
+            settings.sampling(),
+            pool,
+            store=store,
+            verifier_spec=settings.verifier,
+            progress=f"eval {label or Path(model_path).name}",
+        )
+        del backend  # free the model before the next checkpoint is loaded
+        if sampled.generated:
             gc.collect()
             _empty_cuda_cache()
-        rows = [[have[(i, k)] for k in range(n)] for i in range(len(problems))]
+        rows = [sampled.records[i * n : (i + 1) * n] for i in range(len(problems))]
         # Truncated samples never reached a final answer: they do not vote.
         groupings = pool.group_answers(
-            [[r["extracted"] if r["finish_reason"] == "stop" else None for r in rs] for rs in rows]
+            [[r.extracted if r.finish_reason == "stop" else None for r in rs] for rs in rows]
         )
     finally:
         if own_pool:
             pool.close()
 
     where, setting = f"eval {label or model_path} on {bench.name}", "--max-verifier-errors"
-    errors = check_verifier_errors(
-        [_stored(r)[0] for rs in rows for r in rs], settings.max_verifier_errors, where, setting
-    )
+    errors = check_verifier_errors(sampled.records, settings.max_verifier_errors, where, setting)
     grouping_errors = check_verifier_errors(
         groupings, settings.max_verifier_errors, where, setting, "maj@k answer groupings"
     )
@@ -351,7 +249,7 @@ def evaluate(
         "maj_grouping": pool.grouping,
         "backend": settings.backend,
         "samples_file": samples_path.name,
-        "generated": generated,
+        "generated": sampled.generated,
         **summary,
     }
     write_json(summary_path, summary)
@@ -359,17 +257,17 @@ def evaluate(
 
 
 def _summarize(
-    problems: Sequence[PromptItem], rows: Sequence[Sequence[dict[str, Any]]], groupings: Sequence[Grouping]
+    problems: Sequence[PromptItem], rows: Sequence[Sequence[SampleRecord]], groupings: Sequence[Grouping]
 ) -> dict[str, Any]:
     """Metrics over problems, total generated tokens, and each problem's own scores."""
     scores, per_problem = [], []
     tokens = truncated = 0
     for p, samples, grouping in zip(problems, rows, groupings, strict=True):
-        correct = [bool(r["correct"]) for r in samples]
-        tokens += sum(r["num_tokens"] for r in samples)
-        truncated += sum(r["finish_reason"] == "length" for r in samples)
+        correct = [bool(r.correct) for r in samples]
+        tokens += sum(r.num_tokens or 0 for r in samples)
+        truncated += sum(r.finish_reason == "length" for r in samples)
         scores.append(problem_scores(correct, grouping.groups))
-        errors = sum(r["error"] is not None for r in samples)
+        errors = sum(r.error is not None for r in samples)
         per_problem.append({"id": p.id, "correct": sum(correct), "verifier_errors": errors, **scores[-1]})
     metrics: dict[str, Any] = summarize(scores)
     n = len(problems) * len(rows[0])

@@ -1,31 +1,34 @@
-"""Generation backends behind one interface: transformers (always there) and vLLM (when installed).
+"""Generation behind one interface: jobs of missing samples in, finished samples out to a sink.
 
-Prompts are token ids built by `t3s.tokens.encode_prompt`, so generation conditions on exactly
-the prefix that training supervises after. Each backend returns, per prompt, `n` completions
-with their token count and whether they stopped by themselves (and at which token) or hit the
-length limit. A turn ends at the tokenizer's EOS, the model's generation-config EOS ids and, when
-prompts use the chat template, the template's own end-of-turn token (ChatML's <|im_end|> on a base
-model whose EOS is <|endoftext|>, Llama-3's <|eot_id|>).
+A `Backend` (built by `t3s.backends.make_backend`) receives jobs (the samples of one prompt still
+missing) and hands every finished sample to a sink as soon as it has it. In-process backends run an
+`Engine`, defined here: transformers (always there) or vLLM (when installed). Engine prompts are
+token ids built by `t3s.tokens.encode_prompt`, so generation conditions on exactly the prefix that
+training supervises after. An engine returns, per prompt, `n` completions with their token count and
+whether they stopped by themselves (and at which token) or hit the length limit. A turn ends at the
+tokenizer's EOS, the model's generation-config EOS ids and, when prompts use the chat template, the
+template's own end-of-turn token (ChatML's <|im_end|> on a base model whose EOS is <|endoftext|>,
+Llama-3's <|eot_id|>).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
 from rich.console import Console
 
 from t3s.errors import T3SError
+from t3s.fingerprint import digest
 from t3s.progress import bar
 from t3s.tokens import Template, uses_chat_template
 
 console = Console(stderr=True)
 
-FinishReason = Literal["stop", "length"]
+ReasoningFormat = Literal["think-tags", "content-only"]
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,67 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Completion:
+    """One sample as the backend returned it; reasoning an endpoint sent in a separate field is kept apart."""
+
     text: str
-    num_tokens: int  # through the stop token, when there is one
-    finish_reason: FinishReason
+    num_tokens: int | None = None  # through the stop token, when there is one; None: the server did not say
+    finish_reason: str = "stop"  # engines: "stop" or "length"; endpoints: what the server said
     stop_token: str | None = None  # the token that ended a "stop" completion, e.g. <|im_end|>
+    reasoning: str | None = None
+
+    def with_reasoning(self, reasoning_format: ReasoningFormat) -> str:
+        if reasoning_format == "think-tags" and self.reasoning:
+            return f"<think>\n{self.reasoning}\n</think>\n\n{self.text}"
+        return self.text
+
+
+@dataclass(frozen=True)
+class Job:
+    """The samples of one prompt that are still missing."""
+
+    id: str
+    prompt: Any  # text or chat messages; token ids for in-process engines
+    key: str  # the prompt's hash: its key in a sample store, and part of each sample's seed
+    samples: tuple[int, ...]
+
+
+class Sink(Protocol):
+    def add(self, samples: Sequence[tuple[Job, int, Completion]]) -> None:
+        """Finished samples (job, sample index, completion), handed over as soon as they are done."""
+
+    def fail(self, job: Job, sample: int, error: str) -> None:
+        """A sample the backend could not get (e.g. a prompt the server rejected); asked again next run."""
 
 
 class Backend(Protocol):
-    def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]: ...
+    # What produces the samples (checkpoint and template, served model, function): part of a store's key.
+    model: str
+
+    def prepare(self) -> None:
+        """Check the backend is usable (reachable, model served) before any sampling starts."""
+
+    def info(self) -> dict[str, Any]:
+        """A description for statistics; never a secret."""
+
+    def collect(self, jobs: Sequence[Job], params: SamplingParams, sink: Sink) -> None:
+        """Draw every sample of `jobs` (`params.n` is not used: each job names its samples)."""
+
+
+def sample_seed(seed: int, source: str, prompt_key: str, sample: int) -> int:
+    """The seed of one sample: reruns ask for (and a Python function produces) the same sample again."""
+    return int(digest(seed, source, prompt_key, sample), 16) % 2**31
+
+
+# -- engines: token ids in, completions out --------------------------------------------------------
+OnBatch = Callable[[list[int], list[list[Completion]]], None]
+
+
+class Engine(Protocol):
+    def generate(
+        self, prompts: Sequence[list[int]], params: SamplingParams, on_batch: OnBatch | None = None
+    ) -> list[list[Completion]]:
+        """`params.n` completions per prompt; an engine that works batch by batch also reports each
+        batch (the indices of its prompts and their completions) to `on_batch` as it is done."""
 
 
 # Text no template writes itself: where it lands in a rendered turn marks the end of the content.
@@ -107,7 +163,7 @@ def warn_if_mostly_truncated(
         )
 
 
-class TransformersBackend:
+class TransformersEngine:
     """Batched `model.generate` with left padding; stops each sequence at its end-of-turn token."""
 
     def __init__(
@@ -134,7 +190,9 @@ class TransformersBackend:
         return Completion(text, len(ids), "stop", self.stops[ids[-1]])
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[list[int]], params: SamplingParams, on_batch: OnBatch | None = None
+    ) -> list[list[Completion]]:
         model = self.model
         was_training = model.training
         model.eval()
@@ -170,6 +228,8 @@ class TransformersBackend:
                     )[:, width:].cpu()
                     for b, i in enumerate(batch):
                         out[i] = [self._decode(gen[b * params.n + k]) for k in range(params.n)]
+                    if on_batch is not None:
+                        on_batch(batch, [out[i] for i in batch])
                     progress.advance(len(batch))
         finally:
             model.train(was_training)
@@ -177,7 +237,7 @@ class TransformersBackend:
         return out
 
 
-class VLLMBackend:
+class VLLMEngine:
     """Offline vLLM (`LLM.generate` with n samples per prompt) over a checkpoint directory."""
 
     def __init__(
@@ -203,7 +263,10 @@ class VLLMBackend:
         # vLLM keeps the stop token as the last output id (and out of the text).
         return Completion(out.text, len(ids), "stop", self.stops.get(ids[-1]) if ids else None)
 
-    def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: Sequence[list[int]], params: SamplingParams, on_batch: OnBatch | None = None
+    ) -> list[list[Completion]]:
+        """One call for every prompt (vLLM schedules them itself): nothing is reported before the end."""
         from vllm import SamplingParams as VSamplingParams
 
         sp = VSamplingParams(
@@ -219,30 +282,3 @@ class VLLMBackend:
         out = [[self._completion(o) for o in result.outputs] for result in outputs]
         warn_if_mostly_truncated(out, params, self.stops)
         return out
-
-
-def _saved_generation_config(model_path: str) -> Any:
-    from transformers import GenerationConfig
-
-    if not (Path(model_path) / "generation_config.json").exists():
-        return None
-    return GenerationConfig.from_pretrained(model_path)
-
-
-def vllm_backend(
-    model_path: str,
-    tokenizer: Any,
-    template: Template = "auto",
-    *,
-    tokenizer_path: str | None = None,
-    **engine: Any,
-) -> Backend:
-    """A vLLM engine over `model_path` that stops where the transformers backend would.
-
-    The one place engines are built (probe, eval, teacher), so a test can substitute `VLLMBackend`.
-    """
-    stops = stop_tokens(tokenizer, template, _saved_generation_config(model_path))
-    return VLLMBackend(model_path, stops, tokenizer=tokenizer_path or model_path, **engine)
-
-
-BackendName = Literal["transformers", "vllm"]

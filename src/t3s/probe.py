@@ -5,7 +5,10 @@ training prompts and verifies them, appending a row to `probe/metrics.jsonl`. θ
 checkpoint with the lowest training accuracy (ties: the earliest), θ0 excluded. In `online` mode
 only the latest checkpoint (to resume from), the running minimum and the steps asked to be kept
 stay on disk; in `all` mode every checkpoint stays (weights only, except the latest). Killing the
-probe and running the same command again resumes from the latest complete checkpoint.
+probe and running the same command again resumes from the latest complete checkpoint; a checkpoint
+killed while it was being measured resumes its sampling from the samples already verified, which
+each process keeps in `probe/.samples-step-NNNNN.process-<k>.jsonl` (keyed by the probe's
+fingerprint and the step, like `t3s eval`'s samples) until the step's row is written.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from t3s.backends import BackendOptions, BackendSpec, make_backend
 from t3s.confidence import score
 from t3s.data import Example
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, model_fingerprint
-from t3s.generation import SamplingParams, TransformersBackend, vllm_backend
+from t3s.generation import SamplingParams
 from t3s.io import append_jsonl, read_jsonl, write_json, write_jsonl
 from t3s.rundir import RunDir
 from t3s.sampling import accuracy, check_verifier_errors, sample_and_verify
+from t3s.store import SampleStore
 from t3s.tokens import TokenizeConfig, TokenizedExample, encode_prompt
 from t3s.training import (
     TrainRecipe,
@@ -108,9 +113,11 @@ class AccuracyProbe:
         tokenizer: Any,
         template: Any,
         settings: ProbeEval,
+        *,
+        fingerprint: str,
     ) -> None:
         self.run, self.tokenizer, self.settings = run, tokenizer, settings
-        self.template = template
+        self.template, self.fingerprint = template, fingerprint
         rng = random.Random(settings.seed)
         index = list(range(len(items)))
         if settings.prompts is not None and settings.prompts < len(index):
@@ -122,6 +129,7 @@ class AccuracyProbe:
         self.ids = [e.id for e in train]
         self.golds = [e.answer for e in train]
         self.prompts = [encode_prompt(tokenizer, e.prompt, template) for e in train]
+        self.keys = [digest(ids) for ids in self.prompts]  # of each prompt's stored samples
         self.heldout = 0
         if settings.heldout is not None:
             from t3s.evaluation import load_bench
@@ -134,34 +142,47 @@ class AccuracyProbe:
             self.heldout = len(problems)
             self.ids += [p.id for p in problems]
             self.golds += [p.answer for p in problems]
-            self.prompts += [encode_prompt(tokenizer, p.prompt, template) for p in problems]
+            heldout = [encode_prompt(tokenizer, p.prompt, template) for p in problems]
+            self.prompts += heldout
+            # A held-out problem is sampled apart from a training prompt with the same id and text.
+            self.keys += [digest("heldout", ids) for ids in heldout]
         self.verifier = VerifierPool(load_verifier(settings.verifier))
 
     def samples_path(self, step: int, heldout: bool = False) -> Path:
         return self.run.probe_dir / "samples" / f"{'heldout-' if heldout else ''}step-{step:05d}.jsonl"
 
-    def _local_measure(self, model: Any, checkpoint: Path, index: Sequence[int]) -> list[Any]:
-        if self.settings.backend == "vllm":
-            # A small engine beside the training model, which stays on the GPU.
-            backend: Any = vllm_backend(
-                str(checkpoint), self.tokenizer, self.template, gpu_memory_utilization=0.3
-            )
-        else:
-            backend = TransformersBackend(
-                model,
-                self.tokenizer,
-                self.settings.batch_size,
-                progress="probe accuracy",
-                template=self.template,
-            )
+    def _partial_path(self, step: int, process: int | str) -> Path:
+        """The samples of a measurement under way, one file per process, hidden like a temporary file."""
+        return self.run.probe_dir / f".samples-step-{step:05d}.process-{process}.jsonl"
+
+    def _local_measure(self, model: Any, step: int, checkpoint: Path, index: Sequence[int]) -> list[Any]:
+        from accelerate import PartialState
+
+        settings = self.settings
+        source = BackendSpec("vllm", str(checkpoint)) if settings.backend == "vllm" else model
+        options = BackendOptions(
+            template=self.template,
+            batch_size=settings.batch_size,
+            progress="probe accuracy",
+            engine={"gpu_memory_utilization": 0.3},  # vLLM: a small engine beside the training model
+        )
+        backend = make_backend(source, options, tokenizer=self.tokenizer)
+        # Each process stores its own share: one file per process, so that appends never interleave.
+        store = SampleStore(
+            self._partial_path(step, PartialState().process_index),
+            {"probe": self.fingerprint, "step": step},
+        )
         records = sample_and_verify(
             backend,
             [self.ids[i] for i in index],
             [self.prompts[i] for i in index],
             [self.golds[i] for i in index],
-            self.settings.sampling(),
+            settings.sampling(),
             self.verifier,
-        )
+            store=store,
+            verifier_spec=settings.verifier,
+            keys=[self.keys[i] for i in index],
+        ).records
         del backend
         n = self.settings.samples
         tagged = [(index[j // n], r) for j, r in enumerate(records)]
@@ -183,7 +204,7 @@ class AccuracyProbe:
 
         state = PartialState()
         with state.split_between_processes(list(range(len(self.prompts)))) as mine:
-            local = self._local_measure(model, checkpoint, mine)
+            local = self._local_measure(model, step, checkpoint, mine)
         parts = gather_object([local]) if state.num_processes > 1 else [local]
         tagged = [t for p in parts for t in p[0]]
         train = [r for i, r in tagged if i < len(self.items)]
@@ -212,6 +233,8 @@ class AccuracyProbe:
             row["heldout_verifier_errors"] = heldout_errors
             row["heldout_prompts"] = self.heldout
             row["heldout_truncated"] = sum(r.finish_reason == "length" for r in heldout)
+        for partial in self.run.probe_dir.glob(self._partial_path(step, "*").name):
+            partial.unlink()
         return row
 
 
@@ -390,7 +413,9 @@ def run_probe(
     model = prepare_model(model, recipe)
     evaluating = settings.fixed_step is None
     acc = (
-        AccuracyProbe(run, examples, items, tokenizer, tokenize_config.template, settings.eval)
+        AccuracyProbe(
+            run, examples, items, tokenizer, tokenize_config.template, settings.eval, fingerprint=fp
+        )
         if evaluating
         else None
     )

@@ -1,6 +1,6 @@
 """Teacher traces: sample k traces per prompt from each teacher, verify, keep one correct trace each.
 
-`backends` parses teacher specs and holds the in-process backends (a Python function, offline vLLM
-or transformers), `endpoint` the OpenAI-compatible client, `store` the resumable sample store and
-`collect` the command's whole flow: collect, verify, select, write corpora and statistics.
+`specs` parses the teacher options (each teacher's backend is built by `t3s.backends`), `endpoint`
+is the OpenAI-compatible client, and `collect` the command's whole flow: collect into the resumable
+sample store, verify, select, write corpora and statistics.
 """

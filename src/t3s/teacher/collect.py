@@ -13,6 +13,12 @@ accepts its trace; a truncated one is never kept. Among the correct samples of a
 kept at random, seeded by (seed, teacher, prompt); a prompt without any is dropped and counted.
 Verdicts whose verifier raised or timed out are counted (`verifier_errors`); more than
 `max_verifier_errors` of a teacher's verdicts stop the command before any corpus is written.
+
+A stored sample's key (`t3s.store`) is (teacher, generation hash, prompt hash, sample index). The
+generation hash covers the model and every sampling parameter, so changing one starts a separate key
+space in the same file; the number of samples per prompt is not part of it, so asking for more
+samples later only tops prompts up. A rerun after a kill sends exactly the requests whose key is
+missing; identical prompts share their samples.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import random
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +36,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from t3s.backends import BackendOptions, BackendSpec, make_backend
 from t3s.data import Example, PromptItem, load_prompts, write_corpus
 from t3s.errors import T3SError
 from t3s.fingerprint import digest
-from t3s.generation import SamplingParams
+from t3s.generation import Backend, Completion, Job, ReasoningFormat, SamplingParams, sample_seed
 from t3s.io import write_json
 from t3s.progress import Bar, bar
-from t3s.sampling import check_verifier_errors
-from t3s.teacher.backends import Job, ReasoningFormat, TeacherBackend, TeacherSpec, Trace, make_backend
-from t3s.teacher.store import SampleStore, generation_hash
-from t3s.verify import Verdict, VerifierPool, VerifyFn, load_verifier
+from t3s.sampling import SampleRecord, check_verifier_errors, verify_samples
+from t3s.store import SampleStore
+from t3s.verify import VerifierPool, VerifyFn, load_verifier
 
 
 class TeacherSettings(BaseModel):
@@ -65,6 +73,35 @@ class TeacherSettings(BaseModel):
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.samples, self.temperature, self.top_p, self.max_tokens, self.seed)
 
+    def backend_options(self, teacher: str) -> BackendOptions:
+        return BackendOptions(
+            template=self.template,
+            batch_size=self.batch_size,
+            # One generate call per `batch_size` prompts, seeded by its first sample.
+            chunk=self.batch_size,
+            seed=functools.partial(_call_seed, teacher),
+            progress=f"{teacher} batch",
+            trust_remote_code=self.trust_remote_code,
+            concurrency=self.concurrency,
+            timeout=self.timeout,
+            retries=self.retries,
+        )
+
+
+def _call_seed(teacher: str, jobs: Sequence[Job], params: SamplingParams) -> int:
+    return sample_seed(params.seed, teacher, jobs[0].key, jobs[0].samples[0])
+
+
+def generation_hash(model: str, params: SamplingParams) -> str:
+    """What a teacher's samples depend on besides the prompt: a store key space of its own."""
+    return digest(model, params.temperature, params.top_p, params.max_new_tokens, params.seed)
+
+
+def _completion(row: dict[str, Any]) -> Completion:
+    return Completion(
+        row["content"], row.get("num_tokens"), row["finish_reason"], reasoning=row.get("reasoning")
+    )
+
 
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
@@ -87,24 +124,41 @@ class _Sink:
     received: int = 0
     failures: list[str] = field(default_factory=list)
 
-    def add(self, job: Job, sample: int, trace: Trace) -> None:
-        self.store.add(job, sample, trace)
-        self.received += 1
-        self.bar.advance(1, also=trace.num_tokens or 0)
+    def add(self, samples: Sequence[tuple[Job, int, Completion]]) -> None:
+        for job, k, c in samples:
+            self.store.add(
+                {
+                    **self.store.space,
+                    "prompt_hash": job.key,
+                    "sample": k,
+                    "prompt_id": job.id,
+                    "content": c.text,
+                    "reasoning": c.reasoning,
+                    "num_tokens": c.num_tokens,
+                    "finish_reason": c.finish_reason,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+            )
+            self.received += 1
+            self.bar.advance(1, also=c.num_tokens or 0)
 
     def fail(self, job: Job, sample: int, error: str) -> None:
-        self.failures.append(f"prompt {job.prompt_id!r} sample {sample}: {error}")
+        self.failures.append(f"prompt {job.id!r} sample {sample}: {error}")
         self.bar.advance(1)
 
 
 @dataclass
 class _Collected:
-    spec: TeacherSpec
-    backend: TeacherBackend
+    spec: BackendSpec
+    backend: Backend
     store: SampleStore
     requested: int
     received: int
     failures: list[str]
+
+    def sample(self, prompt_hash: str, k: int) -> Completion | None:
+        row = self.store.rows.get((prompt_hash, k))
+        return None if row is None else _completion(row)
 
 
 def missing_jobs(prompts: Sequence[PromptItem], store: SampleStore, samples: int) -> list[Job]:
@@ -112,20 +166,21 @@ def missing_jobs(prompts: Sequence[PromptItem], store: SampleStore, samples: int
     jobs: dict[str, Job] = {}
     for p in prompts:
         h = digest(p.prompt)
-        missing = tuple(k for k in range(samples) if (h, k) not in store.samples)
+        missing = tuple(k for k in range(samples) if (h, k) not in store.rows)
         if missing and h not in jobs:
             jobs[h] = Job(p.id, p.prompt, h, missing)
     return list(jobs.values())
 
 
 def _collect_one(
-    spec: TeacherSpec,
-    backend: TeacherBackend,
+    spec: BackendSpec,
+    backend: Backend,
     prompts: Sequence[PromptItem],
     out: Path,
     params: SamplingParams,
 ) -> _Collected:
-    store = SampleStore(out / spec.name / "samples.jsonl", spec.name, generation_hash(backend.model, params))
+    space = {"teacher": spec.name, "generation": generation_hash(backend.model, params)}
+    store = SampleStore(out / spec.name / "samples.jsonl", space, key=("prompt_hash",))
     jobs = missing_jobs(prompts, store, params.n)
     requested = sum(len(j.samples) for j in jobs)
     with bar(f"teacher {spec.name}", total=requested, unit="samples", also_unit="tokens") as progress:
@@ -145,7 +200,7 @@ def _select(
     got: _Collected,
     prompts: Sequence[PromptItem],
     settings: TeacherSettings,
-    verdicts: dict[tuple[str, int], Verdict],
+    verdicts: dict[tuple[str, int], SampleRecord],
 ) -> tuple[list[Example], dict[str, Any]]:
     """Keep one correct trace per prompt at random (seeded); the teacher's statistics beside it."""
     name, fmt = got.spec.name, settings.reasoning_format
@@ -158,14 +213,14 @@ def _select(
     kept_tokens: list[int | None] = []
     for p in prompts:
         h = digest(p.prompt)
-        present = {k: t for k in range(settings.samples) if (t := got.store.samples.get((h, k))) is not None}
+        present = {k: t for k in range(settings.samples) if (t := got.sample(h, k)) is not None}
         correct = [k for k, t in present.items() if t.finish_reason == "stop" and verdicts[(p.id, k)].correct]
         failed = [v.error for k in present if (v := verdicts.get((p.id, k))) is not None and v.error]
         keep = random.Random(digest(settings.seed, name, h, "keep")).choice(correct) if correct else None
         all_tokens += [t.num_tokens for t in present.values()]
         if keep is not None:
             trace = present[keep]
-            kept.append(Example(p.id, p.prompt, trace.text(fmt), p.answer, teacher=name))
+            kept.append(Example(p.id, p.prompt, trace.with_reasoning(fmt), p.answer, teacher=name))
             kept_tokens.append(trace.num_tokens)
         per_prompt.append(
             {
@@ -183,7 +238,7 @@ def _select(
     stats = {
         "teacher": name,
         **got.backend.info(),
-        "generation": got.store.generation,
+        "generation": got.store.space["generation"],
         "sampling": {
             "samples": settings.samples,
             "temperature": settings.temperature,
@@ -221,41 +276,41 @@ def _verify(
     prompts: Sequence[PromptItem],
     settings: TeacherSettings,
     verify_fn: VerifyFn,
-) -> list[dict[tuple[str, int], Verdict]]:
-    """Verdicts keyed by (prompt id, sample) of every sample that stopped by itself, per teacher."""
+) -> list[dict[tuple[str, int], SampleRecord]]:
+    """Verified records keyed by (prompt id, sample) of every sample that stopped by itself, per teacher."""
+    fmt = settings.reasoning_format
     todo = [
-        (i, (p.id, k), p.answer, trace.text(settings.reasoning_format))
+        (i, (p.id, k, p.answer, dataclasses.replace(c, text=c.with_reasoning(fmt))))
         for i, got in enumerate(collected)
         for p in prompts
         for k in range(settings.samples)
-        if (trace := got.store.samples.get((digest(p.prompt), k))) is not None
-        and trace.finish_reason == "stop"
+        if (c := got.sample(digest(p.prompt), k)) is not None and c.finish_reason == "stop"
     ]
     pool = VerifierPool(verify_fn, timeout=settings.verify_timeout)
-    verdicts: list[Verdict] = []
+    records: list[SampleRecord] = []
     try:
         with bar("verify", total=len(todo), unit="samples") as progress:
             for start in range(0, len(todo), _VERIFY_CHUNK):
                 chunk = todo[start : start + _VERIFY_CHUNK]
-                verdicts += pool.verify([(gold, text) for _, _, gold, text in chunk])
+                records += verify_samples(pool, [sample for _, sample in chunk])
                 progress.advance(len(chunk))
     finally:
         pool.close()
-    out: list[dict[tuple[str, int], Verdict]] = [{} for _ in collected]
-    for (i, key, _, _), verdict in zip(todo, verdicts, strict=True):
-        out[i][key] = verdict
+    out: list[dict[tuple[str, int], SampleRecord]] = [{} for _ in collected]
+    for (i, _), record in zip(todo, records, strict=True):
+        out[i][(record.id, record.sample)] = record
     return out
 
 
 def collect_traces(
-    prompts_path: str | Path, specs: Sequence[TeacherSpec], out: str | Path, settings: TeacherSettings
+    prompts_path: str | Path, specs: Sequence[BackendSpec], out: str | Path, settings: TeacherSettings
 ) -> dict[str, Any]:
     """Run the whole command; returns the content of OUT/stats.json."""
     out = Path(out)
     prompts = load_prompts(prompts_path)
     params = settings.sampling()
     verify_fn = load_verifier(settings.verifier)
-    backends = [make_backend(spec, settings) for spec in specs]
+    backends = [make_backend(spec, settings.backend_options(spec.name)) for spec in specs]
     for backend in backends:  # every teacher is checked before hours are spent on the first
         backend.prepare()
     with _exclusive(out):

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from t3s.errors import T3SError
-from t3s.generation import SamplingParams
-from t3s.teacher.backends import Job, Sink, Trace, sample_seed
+from t3s.generation import Completion, Job, SamplingParams, Sink, sample_seed
 from t3s.tokens import _messages
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -112,14 +111,14 @@ class EndpointBackend:
             listing = f"it serves {', '.join(served) or 'nothing'}" if served is not None else "no model list"
             raise T3SError(f"{where}: {listing}; name the model with --teacher-model {self.teacher}=MODEL")
 
-    async def _request(self, client: Any, job: Job, sample: int, params: SamplingParams) -> Trace:
+    async def _request(self, client: Any, job: Job, sample: int, params: SamplingParams) -> Completion:
         response = await client.chat.completions.create(
             model=self.model,
             messages=_messages(job.prompt),
             temperature=params.temperature,
             top_p=params.top_p,
             max_tokens=params.max_new_tokens,
-            seed=sample_seed(params.seed, self.teacher, job.prompt_hash, sample),
+            seed=sample_seed(params.seed, self.teacher, job.key, sample),
             n=1,
         )
         if not response.choices:
@@ -129,11 +128,11 @@ class EndpointBackend:
         # vLLM and SGLang reasoning parsers, DeepSeek: reasoning_content; OpenRouter and newer servers: reasoning.
         reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
         usage = response.usage
-        return Trace(
-            content=message.content or "",
-            reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
+        return Completion(
+            message.content or "",
             num_tokens=usage.completion_tokens if usage is not None else None,
             finish_reason=str(choice.finish_reason or "unknown"),
+            reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
         )
 
     def collect(self, jobs: Sequence[Job], params: SamplingParams, sink: Sink) -> None:
@@ -149,13 +148,13 @@ class EndpointBackend:
             while queue:
                 job, k = queue.popleft()
                 try:
-                    trace = await self._request(client, job, k, params)
+                    completion = await self._request(client, job, k, params)
                 except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                     sink.fail(job, k, f"HTTP {exc.status_code}: {_short(exc)}")
                     continue
                 except openai.APIError as exc:
                     raise self._fatal(exc) from None
-                sink.add(job, k, trace)
+                sink.add([(job, k, completion)])
 
         async with self._client(self.retries) as client:
             workers = [asyncio.create_task(worker(client)) for _ in range(min(self.concurrency, len(queue)))]

@@ -8,10 +8,17 @@ the student lacks (TESTBED-NOTES.md: column addition gated at 0.19 against 0.92)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
-from t3s.testbed.task import STYLE_PREFIX, Numbers, prompt, verify
+from t3s.testbed.task import STYLE_PREFIX, Numbers, problem_id, prompt, verify
+from t3s.verify import Verdict
+
+
+def verify_forced(prefix: str, gold: str, completion: str) -> Verdict:
+    """The testbed's verdict on a whole answer: the forced prefix, then what the model wrote."""
+    return verify(gold, prefix + completion)
 
 
 def greedy_accuracy(
@@ -23,22 +30,30 @@ def greedy_accuracy(
     batch_size: int = 64,
 ) -> tuple[float, list[str]]:
     """Greedy accuracy on `problems`, the answer forced to start with `prefix`; also the answers."""
-    from t3s.generation import SamplingParams, TransformersBackend
+    from t3s.backends import BackendOptions, make_backend
+    from t3s.generation import SamplingParams
+    from t3s.sampling import accuracy, sample_and_verify
     from t3s.tokens import encode_prompt
+    from t3s.verify import VerifierPool
 
     # The prefix is tokenized on its own, as a response is in training, so the boundary matches.
     forced = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
     prompts = [encode_prompt(tokenizer, prompt(p), "plain") + forced for p in problems]
-    backend = TransformersBackend(
-        model, tokenizer, batch_size=batch_size, progress="greedy accuracy", template="plain"
-    )
-    outs = [o[0] for o in backend.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens))]
-    texts = [prefix + o.text for o in outs]
-    correct = [
-        verify(str(sum(p)), t).correct and o.finish_reason == "stop"
-        for p, t, o in zip(problems, texts, outs, strict=True)
-    ]
-    return sum(correct) / len(correct), texts
+    options = BackendOptions(template="plain", batch_size=batch_size, progress="greedy accuracy")
+    backend = make_backend(model, options, tokenizer=tokenizer)
+    pool = VerifierPool(functools.partial(verify_forced, prefix))
+    try:
+        records = sample_and_verify(
+            backend,
+            [problem_id(p) for p in problems],
+            prompts,
+            [str(sum(p)) for p in problems],
+            SamplingParams(max_new_tokens=max_new_tokens),
+            pool,
+        ).records
+    finally:
+        pool.close()
+    return accuracy(records), [prefix + r.completion for r in records]
 
 
 def competence_gate(

@@ -105,8 +105,8 @@ def prepare_data(cfg: TestbedConfig, seed: int, root: Path) -> dict[str, Path]:
 
 
 def teacher_corpus(cfg: TestbedConfig, prompts: Path, root: Path) -> Path:
-    from t3s.teacher.backends import parse_teacher
     from t3s.teacher.collect import TeacherSettings, collect_traces
+    from t3s.teacher.specs import parse_teacher
 
     spec = parse_teacher(f"{cfg.teacher}=python:t3s.testbed.teachers:{cfg.teacher}")
     settings = TeacherSettings(samples=1, temperature=0.0, max_tokens=256, verifier=VERIFIER)
