@@ -98,15 +98,15 @@ def run_seed(d: Design, student: Path, root: Path, seed: int, device: str) -> di
 
     from t3s.models import load_model, load_tokenizer
     from t3s.pipeline import run_rrt
-    from t3s.prepare import prepare_corpus
     from t3s.probe import ProbeEval, ProbeSettings, run_probe
     from t3s.profile import profile_run
-    from t3s.retrain import train_policy
     from t3s.rundir import RunDir
     from t3s.selection import SelectOptions, select_run
     from t3s.testbed.gate import greedy_accuracy
     from t3s.testbed.task import Split, TaskSpec, make_problems, style_of
+    from t3s.tokenize import prepare_corpus
     from t3s.tokens import TokenizeConfig, tokens_fingerprint
+    from t3s.train import train_policy
     from t3s.training import TrainRecipe
 
     t0 = time.time()

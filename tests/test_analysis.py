@@ -43,9 +43,9 @@ ANALYSES = ["shock", "groups", "drops", "tokens", "intervention", "gradients", "
 def probed_run(tiny_model: Path, tokenizer, root: Path) -> Path:
     """One probed (every checkpoint kept) and fully profiled run, built once per test session."""
     if "run" not in _BUILT:
-        from t3s.prepare import prepare_corpus
         from t3s.probe import ProbeEval, ProbeSettings, run_probe
         from t3s.profile import profile_run
+        from t3s.tokenize import prepare_corpus
         from t3s.tokens import TokenizeConfig, tokens_fingerprint
         from t3s.training import TrainRecipe
 

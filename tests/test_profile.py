@@ -12,10 +12,10 @@ from conftest import arithmetic_rows, build_tiny_model, write_jsonl
 from t3s.confidence import score
 from t3s.errors import T3SError
 from t3s.models import load_model
-from t3s.prepare import prepare_corpus
 from t3s.probe import ProbeEval, ProbeSettings, run_probe
 from t3s.profile import profile_run, profile_standalone, run_models
 from t3s.rundir import RunDir
+from t3s.tokenize import prepare_corpus
 from t3s.tokens import TokenizeConfig, read_tokens, tokens_fingerprint
 from t3s.training import TrainRecipe
 

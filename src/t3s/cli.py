@@ -154,9 +154,9 @@ def probe(
 ) -> None:
     """Plain SFT from θ0 with training accuracy per checkpoint; picks the Imitation Bottleneck θb."""
     from t3s.models import load_tokenizer
-    from t3s.prepare import prepare_corpus
     from t3s.probe import ProbeEval, ProbeSettings, run_probe
     from t3s.rundir import RunDir
+    from t3s.tokenize import prepare_corpus
     from t3s.tokens import tokens_fingerprint
     from t3s.training import LoraSettings, TrainRecipe
 
@@ -359,8 +359,8 @@ def train(
     trust_remote_code: Remote = False,
 ) -> None:
     """Train θ0 on a masked dataset with the probe's recipe; saves RUN/train/<policy>/model."""
-    from t3s.retrain import run_recipe, train_policy
     from t3s.rundir import RunDir
+    from t3s.train import run_recipe, train_policy
 
     recipe = run_recipe(RunDir(run))
     if report_to:

@@ -36,12 +36,12 @@ def run_rrt(run: RunDir, probe: dict[str, Any]) -> str:
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run every stage of `cfg`; returns the models it produced, by name."""
     from t3s.models import load_tokenizer
-    from t3s.prepare import prepare_corpus
     from t3s.probe import run_probe
     from t3s.profile import profile_run, profile_standalone
-    from t3s.retrain import train_policy
     from t3s.selection import select_run
+    from t3s.tokenize import prepare_corpus
     from t3s.tokens import tokens_fingerprint
+    from t3s.train import train_policy
 
     if cfg.rrt:  # RRT is the last stage: a run that cannot do it is refused before the first
         from t3s.rrt import check_rrt_inputs
