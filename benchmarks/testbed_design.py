@@ -97,16 +97,17 @@ def run_seed(d: Design, student: Path, root: Path, seed: int, device: str) -> di
     import torch
 
     from t3s.models import load_model, load_tokenizer
-    from t3s.pipeline import run_rrt
-    from t3s.prepare import prepare_corpus
-    from t3s.probe import ProbeEval, ProbeSettings, run_probe
+    from t3s.probe import ProbeEval, ProbeSettings, ProbeStage
     from t3s.profile import profile_run
-    from t3s.retrain import train_policy
+    from t3s.rrt import RRTStage
     from t3s.rundir import RunDir
-    from t3s.selection import SelectOptions, select_run
+    from t3s.selection import SelectOptions, read_masks_stats, select_run
+    from t3s.stage import execute
     from t3s.testbed.gate import greedy_accuracy
     from t3s.testbed.task import Split, TaskSpec, make_problems, style_of
+    from t3s.tokenize import prepare_corpus
     from t3s.tokens import TokenizeConfig, tokens_fingerprint
+    from t3s.train import train_policy
     from t3s.training import TrainRecipe
 
     t0 = time.time()
@@ -129,9 +130,9 @@ def run_seed(d: Design, student: Path, root: Path, seed: int, device: str) -> di
     bench.write_text("".join(json.dumps(r) + "\n" for r in Split(heldout[: d.curve_heldout]).bench_rows()))
     settings = ProbeSettings(eval=ProbeEval(every=d.eval_every, prompts=d.curve_prompts, max_new_tokens=64,
                                             batch_size=128, verifier="t3s.testbed.task:verify", heldout=str(bench)))  # fmt: skip
-    probe = run_probe(
-        run, str(student), examples, items, tok, cfg, recipe, settings, tokens_fp=tokens_fingerprint(items)
-    )
+    execute(run, ProbeStage(str(student), examples, items, tok, cfg, recipe, settings,
+                            tokens_fp=tokens_fingerprint(items)))  # fmt: skip
+    probe = run.bottleneck()
     profile_run(run.root, device=device, dtype="float32")
     models = {"base": str(student), "sft": run.resolve(probe["final"])}
     names = []
@@ -140,10 +141,11 @@ def run_seed(d: Design, student: Path, root: Path, seed: int, device: str) -> di
             name = f"{pol}-thr{thr:g}"
             select_run(run.root, SelectOptions(policy=pol, threshold=thr, name=name))
             train_policy(run.root, name, recipe=recipe, save_every=1000)
-            models[name] = str(run.train_dir(name) / "model")
+            models[name] = str(run.model_dir(name))
             names.append(name)
-    models["rrt"] = run_rrt(run, probe)
-    stats = {n: json.loads((run.masks_dir(n) / "stats.json").read_text())["kept_fraction"] for n in names}
+    execute(run, RRTStage())
+    models["rrt"] = str(run.model_dir("rrt"))
+    stats = {n: read_masks_stats(run.masks_dir(n))["kept_fraction"] for n in names}
     dev = torch.device(device)
     final: dict[str, Any] = {}
     for name, path in models.items():
@@ -153,16 +155,11 @@ def run_seed(d: Design, student: Path, root: Path, seed: int, device: str) -> di
         final[name] = {"acc": acc, "teacher_style": styles.count(d.teacher) / len(styles)}
         del model
     curve = []
-    for m in (json.loads(x) for x in run.metrics.read_text().splitlines()):
-        samples = [
-            json.loads(x)
-            for x in (run.probe_dir / "samples" / f"heldout-step-{m['step']:05d}.jsonl")
-            .read_text()
-            .splitlines()
-        ]
+    metrics = run.probe_metrics()
+    for m in metrics:
+        samples = [json.loads(x) for x in run.probe_samples(m["step"], heldout=True).read_text().splitlines()]
         curve.append({"step": m["step"], "heldout": m["heldout_accuracy"],
                       "teacher_style": sum(style_of(x["completion"]) == d.teacher for x in samples) / len(samples)})  # fmt: skip
-    metrics = [json.loads(x) for x in (run.metrics).read_text().splitlines()]
     profile = run.stage("profile")["summary"]["delta"]
     shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
     for name in names:

@@ -43,9 +43,10 @@ ANALYSES = ["shock", "groups", "drops", "tokens", "intervention", "gradients", "
 def probed_run(tiny_model: Path, tokenizer, root: Path) -> Path:
     """One probed (every checkpoint kept) and fully profiled run, built once per test session."""
     if "run" not in _BUILT:
-        from t3s.prepare import prepare_corpus
-        from t3s.probe import ProbeEval, ProbeSettings, run_probe
+        from t3s.probe import ProbeEval, ProbeSettings, ProbeStage
         from t3s.profile import profile_run
+        from t3s.stage import execute
+        from t3s.tokenize import prepare_corpus
         from t3s.tokens import TokenizeConfig, tokens_fingerprint
         from t3s.training import TrainRecipe
 
@@ -55,8 +56,8 @@ def probed_run(tiny_model: Path, tokenizer, root: Path) -> Path:
         examples, items = prepare_corpus(run, data, tokenizer, cfg)
         recipe = TrainRecipe(steps=3, batch_size=4, micro_batch_size=4, lr=1e-2)
         settings = ProbeSettings(mode="all", eval=ProbeEval(prompts=3, max_new_tokens=3))
-        run_probe(run, str(tiny_model), examples, items, tokenizer, cfg, recipe, settings,
-                  tokens_fp=tokens_fingerprint(items))  # fmt: skip
+        execute(run, ProbeStage(str(tiny_model), examples, items, tokenizer, cfg, recipe, settings,
+                                tokens_fp=tokens_fingerprint(items)))  # fmt: skip
         profile_run(run.root, all_steps=True)
         _BUILT["run"] = run.root
     return _BUILT["run"]
@@ -95,8 +96,7 @@ def table(run: Path):
 
 @pytest.fixture(scope="module")
 def model(run: Path):
-    record = artifacts.bottleneck_record(RunDir(run))
-    return load_model(RunDir(run).resolve(record["base"]), device=torch.device("cpu"))
+    return load_model(RunDir(run).base_model(), device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +336,7 @@ def test_cosine_of_a_gradient_with_itself_is_one(model, sample: TokenSample) -> 
 
 def test_one_anchor_step_moves_losses_as_its_gradients_predict(run: Path, sample: TokenSample) -> None:
     """To first order an SGD step of lr on g_anchor changes L_x by -lr <g_anchor, g_x>."""
-    base = RunDir(run).resolve(artifacts.bottleneck_record(RunDir(run))["base"])
+    base = RunDir(run).base_model()
     fresh = load_model(base, device=torch.device("cpu"))
     stats = gradient_stats(fresh, sample, batch_tokens=4096, chunk=1024)
     lr = 0.01 / stats["anchor_grad_norm"] ** 2
@@ -361,7 +361,7 @@ def test_one_anchor_step_moves_losses_as_its_gradients_predict(run: Path, sample
     ],
 )
 def test_bf16_gradients_agree_with_float32(run: Path, sample: TokenSample, device: str) -> None:
-    base = RunDir(run).resolve(artifacts.bottleneck_record(RunDir(run))["base"])
+    base = RunDir(run).base_model()
     stats = {}
     for dtype in (torch.float32, torch.bfloat16):
         model = load_model(base, device=torch.device(device), dtype=dtype)
@@ -395,7 +395,7 @@ def test_training_a_subset_lowers_its_own_loss(run: Path, profile: artifacts.Pro
         profile.anchors(threshold)[chosen], profile.logprobs["base"][chosen]
     )
     sub = token_sample(profile, labels, 4, examples, 64)
-    base = RunDir(run).resolve(artifacts.bottleneck_record(RunDir(run))["base"])
+    base = RunDir(run).base_model()
     data = transfer.transfer_matrix(
         lambda: load_model(base, device=torch.device("cpu")),
         sub,
@@ -478,9 +478,9 @@ def test_analyze_errors_name_what_to_run_first(run: Path, tmp_path: Path) -> Non
     (bare / "probe").mkdir(parents=True)
     for name in ("manifest.json", "probe/metrics.jsonl", "probe/bottleneck.json"):
         shutil.copy(run / name, bare / name)
-    record = json.loads((bare / "probe" / "bottleneck.json").read_text())
-    record["checkpoints"] = {}
-    write_json(bare / "probe" / "bottleneck.json", record)
+    manifest = json.loads((bare / "manifest.json").read_text())
+    manifest["probe"]["checkpoints"] = {}  # the probe's record, in the manifest
+    write_json(bare / "manifest.json", manifest)
     for what, hint in (("groups", "t3s profile --run RUN"), ("gradients", "--mode all")):
         if what == "gradients":
             shutil.copytree(run / "profile", bare / "profile", ignore=shutil.ignore_patterns("cache"))

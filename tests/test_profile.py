@@ -12,11 +12,12 @@ from conftest import arithmetic_rows, build_tiny_model, write_jsonl
 from t3s.confidence import score
 from t3s.errors import T3SError
 from t3s.models import load_model
-from t3s.prepare import prepare_corpus
-from t3s.probe import ProbeEval, ProbeSettings, run_probe
+from t3s.probe import ProbeEval, ProbeSettings, ProbeStage
 from t3s.profile import profile_run, profile_standalone, run_models
 from t3s.rundir import RunDir
-from t3s.tokens import TokenizeConfig, read_tokens, tokens_fingerprint
+from t3s.stage import execute
+from t3s.tokenize import prepare_corpus
+from t3s.tokens import TokenizeConfig, tokens_fingerprint
 from t3s.training import TrainRecipe
 
 
@@ -29,8 +30,7 @@ def run(tiny_model: Path, tokenizer, tmp_path_factory) -> RunDir:
     examples, items = prepare_corpus(rd, data, tokenizer, cfg)
     recipe = TrainRecipe(steps=3, batch_size=4, micro_batch_size=2, lr=3e-3)
     settings = ProbeSettings(mode="all", eval=ProbeEval(prompts=4, max_new_tokens=4))
-    run_probe(
-        rd,
+    probe = ProbeStage(
         str(tiny_model),
         examples,
         items,
@@ -40,6 +40,7 @@ def run(tiny_model: Path, tokenizer, tmp_path_factory) -> RunDir:
         settings,
         tokens_fp=tokens_fingerprint(items),
     )
+    execute(rd, probe)
     return rd
 
 
@@ -51,7 +52,7 @@ def test_profile_contract(run: RunDir) -> None:
     ]  # fmt: skip
     assert str(table.schema.field("input_ids").type) == "list<element: int32>"
     assert str(table.schema.field("delta").type) == "list<element: float>"
-    items = read_tokens(run.tokens)
+    items = run.read_tokens()
     bottleneck = run.resolve(run.manifest()["probe"]["bottleneck"])
     direct = dict(score(load_model(bottleneck, device=torch.device("cpu")), items))
     for i, row in enumerate(table.to_pylist()):

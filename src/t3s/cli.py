@@ -154,9 +154,10 @@ def probe(
 ) -> None:
     """Plain SFT from θ0 with training accuracy per checkpoint; picks the Imitation Bottleneck θb."""
     from t3s.models import load_tokenizer
-    from t3s.prepare import prepare_corpus
-    from t3s.probe import ProbeEval, ProbeSettings, run_probe
+    from t3s.probe import ProbeEval, ProbeSettings, ProbeStage
     from t3s.rundir import RunDir
+    from t3s.stage import execute
+    from t3s.tokenize import prepare_corpus
     from t3s.tokens import tokens_fingerprint
     from t3s.training import LoraSettings, TrainRecipe
 
@@ -199,19 +200,12 @@ def probe(
     rd = RunDir(run)
     tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
     examples, items = prepare_corpus(rd, data, tok, cfg)
-    record = run_probe(
-        rd,
-        model,
-        examples,
-        items,
-        tok,
-        cfg,
-        recipe,
-        settings,
-        tokens_fp=tokens_fingerprint(items),
-        trust_remote_code=trust_remote_code,
-        restart=restart,
-    )
+    stage = ProbeStage(
+        model, examples, items, tok, cfg, recipe, settings,
+        tokens_fp=tokens_fingerprint(items), trust_remote_code=trust_remote_code, restart=restart,
+    )  # fmt: skip
+    execute(rd, stage)
+    record = rd.bottleneck()
     acc = record.get("train_accuracy")
     acc_text = f", training accuracy {acc:.3f}" if acc is not None else ""
     out.print(f"bottleneck θb: step {record['step']}{acc_text} -> {record['bottleneck']}", highlight=False)
@@ -259,6 +253,7 @@ def profile(
 ) -> None:
     """Per-token log-probs under θ0, θb (and other checkpoints) and Δc = c(θb) - c(θ0)."""
     from t3s.profile import profile_run, profile_standalone
+    from t3s.rundir import RunDir
 
     kwargs = dict(
         device=device,
@@ -272,7 +267,7 @@ def profile(
             raise T3SError("--run scores the run's own corpus into RUN/profile; drop --data and --out")
         extra = _parse_models(model or []) if model else {}
         summary = profile_run(run, steps=step or [], all_steps=all_steps, extra=extra, **kwargs)
-        where = Path(run) / "profile" / "profile.parquet"
+        where = RunDir(run).profile
     else:
         if not model or data is None or out_path is None:
             raise T3SError("standalone profile needs --model (one or more), --data and --out")
@@ -309,6 +304,7 @@ def select(
     ] = None,
 ) -> None:
     """Turn Δc into per-token loss masks: input_ids + labels (-100) + loss_mask, as Parquet and HF dataset."""
+    from t3s.rundir import RunDir
     from t3s.selection import POLICIES, SelectOptions, select_run
 
     if policy not in POLICIES:
@@ -327,7 +323,7 @@ def select(
     stats = select_run(run, options)
     out.print(
         f"{options.output_name()}: keeps {stats['kept_tokens']:,} of {stats['response_tokens']:,} response tokens "
-        f"({stats['kept_fraction']:.1%}) -> {Path(run) / 'masks' / options.output_name()}",
+        f"({stats['kept_fraction']:.1%}) -> {RunDir(run).masks_dir(options.output_name())}",
         highlight=False,
     )
 
@@ -359,17 +355,17 @@ def train(
     trust_remote_code: Remote = False,
 ) -> None:
     """Train θ0 on a masked dataset with the probe's recipe; saves RUN/train/<policy>/model."""
-    from t3s.retrain import run_recipe, train_policy
     from t3s.rundir import RunDir
+    from t3s.train import train_policy
 
-    recipe = run_recipe(RunDir(run))
+    recipe = RunDir(run).recipe()
     if report_to:
         recipe = recipe.model_copy(update={"report_to": report_to})
     summary = train_policy(
         run, policy, recipe=recipe, save_every=save_every, trust_remote_code=trust_remote_code
     )
     out.print(
-        f"{policy}: final loss {summary['final_loss']} -> {Path(run) / 'train' / policy / 'model'}",
+        f"{policy}: final loss {summary['final_loss']} -> {RunDir(run).model_dir(policy)}",
         highlight=False,
     )
 

@@ -62,6 +62,7 @@ def analyze(
 ) -> None:
     """The paper's analyses of a run: numbers and plots under RUN/analysis/."""
     from t3s.analysis.runner import AnalysisOptions, analyze, parse_names
+    from t3s.rundir import RunDir
 
     names = parse_names(what)
     options = _pydantic(
@@ -91,7 +92,7 @@ def analyze(
         if "skipped" in result:
             out.print(f"{name}: skipped ({result['skipped']})", highlight=False, soft_wrap=True)
         else:
-            where = run / "analysis" / name
+            where = RunDir(run).analysis_dir / name
             out.print(
                 f"{name}: {json.dumps(result, default=str)} -> {where}.*", highlight=False, soft_wrap=True
             )

@@ -165,4 +165,4 @@ def eval_command(
     key = "policy" if policies else "step"
     title = f"{data.name}: {rows[0]['problems']} problems, maj@k grouped by {rows[0]['maj_grouping']}"
     console.print(_curve_table(title, key, rows))
-    out.print(f"results -> {Path(run) / 'eval' / data.name}", highlight=False)
+    out.print(f"results -> {RunDir(run).eval_dir(data.name)}", highlight=False)

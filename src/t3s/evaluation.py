@@ -39,6 +39,7 @@ from t3s.io import read_json, write_json, write_jsonl
 from t3s.metrics import problem_scores, summarize
 from t3s.rundir import RunDir
 from t3s.sampling import SampleRecord, check_verifier_errors, sample_and_verify
+from t3s.stage import Attempt, Stage, execute
 from t3s.store import SampleStore
 from t3s.tokens import Template, encode_prompt
 from t3s.verify import Grouping, VerifierPool, load_verifier
@@ -288,20 +289,9 @@ def run_template(run: RunDir) -> Template:
     return run.stage("tokenize").get("config", {}).get("template", "auto")
 
 
-def run_base_model(run: RunDir) -> str:
-    base = (run.manifest().get("probe") or {}).get("base") or run.stage("probe").get("model")
-    if not base:
-        raise T3SError(f"run {run.root} has no probe (no base model recorded); run `t3s probe` first")
-    return run.resolve(base)
-
-
 def probe_targets(run: RunDir, steps: Sequence[int] | None = None) -> list[Target]:
     """θ0 as step 0 and every complete probe checkpoint on disk (or just `steps`)."""
-    from t3s.training import checkpoint_step, list_checkpoints
-
-    found = {0: run_base_model(run)} | {
-        checkpoint_step(p): str(p) for p in list_checkpoints(run.checkpoints_dir)
-    }
+    found = run.checkpoints()
     for k in steps or ():
         if k not in found:
             raise T3SError(
@@ -314,14 +304,15 @@ def probe_targets(run: RunDir, steps: Sequence[int] | None = None) -> list[Targe
 
 def policy_targets(run: RunDir, policies: Sequence[str]) -> list[Target]:
     """The trained models `RUN/train/<policy>/model`; `all` means every one on disk."""
-    root = run.root / "train"
     if list(policies) == ["all"]:
-        policies = sorted(p.parents[1].name for p in root.glob("*/model/config.json"))
+        policies = [p.name for p in run.train_dirs() if (run.model_dir(p.name) / "config.json").exists()]
         if not policies:
-            raise T3SError(f"run {run.root} has no trained policy model under {root}; run `t3s train` first")
+            raise T3SError(
+                f"run {run.root} has no trained policy model under {run.train_root}; run `t3s train` first"
+            )
     targets = []
     for name in policies:
-        path = run.train_dir(name) / "model"
+        path = run.model_dir(name)
         if not (path / "config.json").exists():
             raise T3SError(f"policy {name!r}: no trained model at {path}; run `t3s train` for it first")
         targets.append(Target(f"policy-{name}", str(path), {"policy": name}))
@@ -357,6 +348,82 @@ def _matching_rows(
     return sorted(rows, key=lambda r: r[key])
 
 
+class EvalStage(Stage):
+    """The probe trajectory (or trained policies) of a run scored into RUN/eval/<bench>/.
+
+    Never skipped: each model's samples file is the cache, from which `evaluate` resumes, and a
+    failed verdict there is verified again on every run.
+    """
+
+    skippable = False
+
+    def __init__(
+        self,
+        bench: Bench,
+        settings: EvalSettings,
+        *,
+        steps: Sequence[int] | None = None,
+        policies: Sequence[str] | None = None,
+        backend_factory: BackendFactory | None = None,
+    ) -> None:
+        self.bench, self.settings, self.steps, self.policies = bench, settings, steps, policies
+        self.backend_factory = backend_factory
+        self.name = f"eval:{bench.name}" + (":policies" if policies else "")
+        self.targets: list[Target] = []
+        self.base = ""  # θ0, whose tokenizer every target's prompts are encoded with
+        self.rows: list[dict[str, Any]] = []  # the curve (or policy) rows, once run
+
+    def fingerprint(self, run: RunDir) -> str:
+        if self.policies:
+            self.targets = policy_targets(run, self.policies)
+        else:
+            self.targets = probe_targets(run, self.steps)
+        self.base = run.base_model()
+        settings = self.settings
+        return digest(
+            self.bench.fingerprint,
+            settings.params_hash(),
+            settings.samples,
+            settings.template,
+            settings.verifier,
+            [(t.label, model_fingerprint(t.path)) for t in self.targets],
+        )
+
+    def prepare(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        return {"bench": self.bench.path, "targets": [t.label for t in self.targets]}
+
+    def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        from t3s.models import load_tokenizer
+
+        bench, settings = self.bench, self.settings
+        prefix = "policy" if self.policies else "step"
+        table = run.eval_table(bench.name, policies=bool(self.policies))
+        base = self.base
+        # One tokenizer for every checkpoint: the prompts stay identical along the trajectory.
+        tokenizer = load_tokenizer(base, trust_remote_code=settings.trust_remote_code)
+        out_dir = run.eval_dir(bench.name)
+        pool = VerifierPool(load_verifier(settings.verifier), timeout=settings.verify_timeout)
+        try:
+            for t in self.targets:
+                evaluate(
+                    t.path,
+                    bench,
+                    settings,
+                    out_dir / f"{t.label}.json",
+                    tokenizer=tokenizer,
+                    tokenizer_path=base,
+                    backend_factory=self.backend_factory,
+                    verifier=pool,
+                    label=t.label,
+                    info=t.info,
+                )
+                self.rows = _matching_rows(out_dir, prefix, prefix, bench, settings, pool.grouping)
+                write_jsonl(table, self.rows)
+        finally:
+            pool.close()
+        return {"table": str(table.relative_to(run.root))}
+
+
 def evaluate_run(
     run_path: str | Path,
     bench: Bench,
@@ -371,46 +438,6 @@ def evaluate_run(
     Writes `RUN/eval/<bench>/<label>.json` and `.samples.jsonl` per model, then `curve.jsonl`
     (rows by step) or `policies.jsonl` (rows by policy), rebuilt after each model.
     """
-    from t3s.models import load_tokenizer
-
-    run = RunDir(run_path)
-    if policies:
-        targets, prefix, key, table = policy_targets(run, policies), "policy", "policy", "policies.jsonl"
-    else:
-        targets, prefix, key, table = probe_targets(run, steps), "step", "step", "curve.jsonl"
-    base = run_base_model(run)
-    # One tokenizer for every checkpoint: the prompts stay identical along the trajectory.
-    tokenizer = load_tokenizer(base, trust_remote_code=settings.trust_remote_code)
-    out_dir = run.root / "eval" / bench.name
-    fp = digest(
-        bench.fingerprint,
-        settings.params_hash(),
-        settings.samples,
-        settings.template,
-        settings.verifier,
-        [(t.label, model_fingerprint(t.path)) for t in targets],
-    )
-    pool = VerifierPool(load_verifier(settings.verifier), timeout=settings.verify_timeout)
-    rows: list[dict[str, Any]] = []
-    try:
-        stage = f"eval:{bench.name}" + (":policies" if policies else "")
-        with run.running(stage, fp, bench=bench.path, targets=[t.label for t in targets]) as extras:
-            for t in targets:
-                evaluate(
-                    t.path,
-                    bench,
-                    settings,
-                    out_dir / f"{t.label}.json",
-                    tokenizer=tokenizer,
-                    tokenizer_path=base,
-                    backend_factory=backend_factory,
-                    verifier=pool,
-                    label=t.label,
-                    info=t.info,
-                )
-                rows = _matching_rows(out_dir, prefix, key, bench, settings, pool.grouping)
-                write_jsonl(out_dir / table, rows)
-            extras["table"] = str((out_dir / table).relative_to(run.root))
-    finally:
-        pool.close()
-    return rows
+    stage = EvalStage(bench, settings, steps=steps, policies=policies, backend_factory=backend_factory)
+    execute(RunDir(run_path), stage)
+    return stage.rows

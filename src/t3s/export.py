@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from t3s.errors import T3SError
 from t3s.io import atomic_dir, write_json
+from t3s.selection import MASKS_FILE, MASKS_HF, read_masks
 from t3s.training import IGNORE
 
 Format = Literal["hf", "verl", "jsonl"]
@@ -72,14 +73,11 @@ def verl_loss_mask(loss_mask: list[int]) -> list[int]:
 
 def export_masks(masks_dir: str | Path, out: str | Path, fmt: Format) -> dict[str, Any]:
     masks_dir, out = Path(masks_dir), Path(out)
-    path = masks_dir / "data.parquet"
-    if not path.exists():
-        raise T3SError(f"{masks_dir}: no masked dataset; run `t3s select` first")
-    table = pq.read_table(path)
-    summary = check_masks(table, str(path))
+    table = read_masks(masks_dir)
+    summary = check_masks(table, str(masks_dir / MASKS_FILE))
     with atomic_dir(out) as tmp:
         if fmt == "hf":
-            shutil.copytree(masks_dir / "dataset", tmp, dirs_exist_ok=True)
+            shutil.copytree(masks_dir / MASKS_HF, tmp, dirs_exist_ok=True)
         elif fmt == "verl":
             ids = table.column("input_ids").to_pylist()
             verl = pa.table(

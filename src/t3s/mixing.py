@@ -18,12 +18,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from t3s.errors import T3SError
-from t3s.io import atomic_dir, read_json, write_json
 from t3s.rundir import RunDir
-from t3s.selection import MASKS_SCHEMA
+from t3s.selection import MASKS_FILE, MASKS_SCHEMA, MASKS_STATS, read_masks_stats, save_masks
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ def parse_source(spec: str) -> MixSource:
 
 
 def _tokenizer_fingerprint(source: MixSource) -> str:
-    fp = RunDir(source.run).manifest().get("fingerprints", {}).get("tokenizer")
+    fp = RunDir(source.run).fingerprints().get("tokenizer")
     if not fp:
         raise T3SError(
             f"run {source.run}: manifest.json records no tokenizer fingerprint; "
@@ -54,16 +52,9 @@ def _tokenizer_fingerprint(source: MixSource) -> str:
 
 
 def _read_masks(source: MixSource, policy: str) -> pa.Table:
-    path = RunDir(source.run).masks_dir(policy) / "data.parquet"
-    if not path.exists():
-        raise T3SError(
-            f"run {source.run}: no masks for policy {policy!r} ({path} is missing); "
-            f"run `t3s select` on it first"
-        )
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for a broken file
-        raise T3SError(f"{path}: not a readable Parquet file ({exc})") from exc
+    run = RunDir(source.run)
+    table = run.masks(policy)
+    path = run.masks_dir(policy) / MASKS_FILE
     missing = [f.name for f in MASKS_SCHEMA if f.name not in table.column_names]
     if missing:
         raise T3SError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -114,7 +105,7 @@ def mix_masks(sources: Sequence[MixSource], policy: str, out: str | Path) -> dic
         if RunDir(source.run).masks_dir(policy).resolve() == out.resolve():
             raise T3SError(f"--out {out} is the masks directory of run {source.run}; write the mix elsewhere")
     # The output directory is replaced as a whole: never one that holds something else.
-    if out.exists() and any(out.iterdir()) and not (out / "stats.json").exists():
+    if out.exists() and any(out.iterdir()) and not (out / MASKS_STATS).exists():
         raise T3SError(f"--out {out} exists and is not a masks directory; choose a new directory")
     tables = [_read_masks(s, policy) for s in sources]
     if len({tuple(sorted(t.column_names)) for t in tables}) > 1:
@@ -129,17 +120,10 @@ def mix_masks(sources: Sequence[MixSource], policy: str, out: str | Path) -> dic
         raise T3SError(f"the runs' masks have different column types ({exc})") from exc
     per_source = []
     for source, table in zip(sources, tables, strict=True):
-        stats_path = RunDir(source.run).masks_dir(policy) / "stats.json"
-        own = read_json(stats_path) if stats_path.exists() else None
-        if isinstance(own, dict):
+        own = read_masks_stats(RunDir(source.run).masks_dir(policy))
+        if own is not None:
             own.pop("per_example", None)
         per_source.append({"name": source.name, "run": str(source.run), **_counts(table), "stats": own})
     stats = {"policy": policy, "tokenizer": reference, **_counts(mixed), "sources": per_source}
-    import datasets
-
-    datasets.disable_progress_bars()
-    with atomic_dir(out) as tmp:
-        pq.write_table(mixed, tmp / "data.parquet")
-        datasets.Dataset(mixed).save_to_disk(str(tmp / "dataset"))
-        write_json(tmp / "stats.json", stats)
+    save_masks(out, mixed, stats)
     return stats

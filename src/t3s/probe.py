@@ -29,9 +29,10 @@ from t3s.data import Example
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, model_fingerprint
 from t3s.generation import SamplingParams
-from t3s.io import append_jsonl, read_jsonl, write_json, write_jsonl
+from t3s.io import append_jsonl, write_jsonl
 from t3s.rundir import RunDir
 from t3s.sampling import accuracy, check_verifier_errors, sample_and_verify
+from t3s.stage import Attempt, Stage
 from t3s.store import SampleStore
 from t3s.tokens import TokenizeConfig, TokenizedExample, encode_prompt
 from t3s.training import (
@@ -148,13 +149,6 @@ class AccuracyProbe:
             self.keys += [digest("heldout", ids) for ids in heldout]
         self.verifier = VerifierPool(load_verifier(settings.verifier))
 
-    def samples_path(self, step: int, heldout: bool = False) -> Path:
-        return self.run.probe_dir / "samples" / f"{'heldout-' if heldout else ''}step-{step:05d}.jsonl"
-
-    def _partial_path(self, step: int, process: int | str) -> Path:
-        """The samples of a measurement under way, one file per process, hidden like a temporary file."""
-        return self.run.probe_dir / f".samples-step-{step:05d}.process-{process}.jsonl"
-
     def _local_measure(self, model: Any, step: int, checkpoint: Path, index: Sequence[int]) -> list[Any]:
         from accelerate import PartialState
 
@@ -169,7 +163,7 @@ class AccuracyProbe:
         backend = make_backend(source, options, tokenizer=self.tokenizer)
         # Each process stores its own share: one file per process, so that appends never interleave.
         store = SampleStore(
-            self._partial_path(step, PartialState().process_index),
+            self.run.probe_partial_samples(step, PartialState().process_index),
             {"probe": self.fingerprint, "step": step},
         )
         records = sample_and_verify(
@@ -216,7 +210,7 @@ class AccuracyProbe:
         if not state.is_main_process:
             return None
         tokens = sum(p[2] for p in parts)
-        write_jsonl(self.samples_path(step), [r.to_dict() for r in train])
+        write_jsonl(self.run.probe_samples(step), [r.to_dict() for r in train])
         row: dict[str, Any] = {
             "step": step,
             "train_accuracy": accuracy(train),
@@ -228,12 +222,12 @@ class AccuracyProbe:
             "mean_tokens": float(np.mean([r.num_tokens for r in train])),
         }
         if heldout:
-            write_jsonl(self.samples_path(step, heldout=True), [r.to_dict() for r in heldout])
+            write_jsonl(self.run.probe_samples(step, heldout=True), [r.to_dict() for r in heldout])
             row["heldout_accuracy"] = accuracy(heldout)
             row["heldout_verifier_errors"] = heldout_errors
             row["heldout_prompts"] = self.heldout
             row["heldout_truncated"] = sum(r.finish_reason == "length" for r in heldout)
-        for partial in self.run.probe_dir.glob(self._partial_path(step, "*").name):
+        for partial in self.run.probe_dir.glob(self.run.probe_partial_samples(step, "*").name):
             partial.unlink()
         return row
 
@@ -258,7 +252,7 @@ class Probe:
         self.started = float(run.stage("probe").get("first_started", time.time()))
 
     def rows(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.run.metrics)
+        return self.run.probe_metrics()
 
     def evaluated(self) -> set[int]:
         return {r["step"] for r in self.rows()}
@@ -353,107 +347,117 @@ def _check_eval_backend(model_path: str, recipe: TrainRecipe, settings: ProbeSet
         )
 
 
-def run_probe(
-    run: RunDir,
-    model_path: str,
-    examples: Sequence[Example],
-    items: Sequence[TokenizedExample],
-    tokenizer: Any,
-    tokenize_config: TokenizeConfig,
-    recipe: TrainRecipe,
-    settings: ProbeSettings,
-    *,
-    tokens_fp: str,
-    trust_remote_code: bool = False,
-    restart: bool = False,
-) -> dict[str, Any]:
-    """Run (or resume) the probe and return the bottleneck record."""
-    from accelerate import PartialState
+class ProbeStage(Stage):
+    """Plain SFT from θ0 with training accuracy per checkpoint; records θb (see the module docstring)."""
 
-    from t3s.models import load_model
+    name = "probe"
 
-    state = PartialState()
-    _check_eval_backend(model_path, recipe, settings)
-    if Path(model_path).is_dir():  # recorded absolute, so the run works from any directory
-        model_path = str(Path(model_path).resolve())
-    fp = probe_fingerprint(tokens_fp, model_path, recipe, settings)
-    info = run.stage("probe")
-    if (
-        info.get("status") == "done"
-        and info.get("fingerprint") == fp
-        and (run.probe_dir / "bottleneck.json").exists()
-    ):
-        return run.manifest()["probe"]
-    if info and info.get("fingerprint") not in (None, fp) and not restart:
-        raise T3SError(
-            f"the probe in {run.root} was started with another model, corpus or recipe; "
-            "pass --restart to discard it, or use a new run directory"
+    def __init__(
+        self,
+        model_path: str,
+        examples: Sequence[Example],
+        items: Sequence[TokenizedExample],
+        tokenizer: Any,
+        tokenize_config: TokenizeConfig,
+        recipe: TrainRecipe,
+        settings: ProbeSettings,
+        *,
+        tokens_fp: str,
+        trust_remote_code: bool = False,
+        restart: bool = False,
+    ) -> None:
+        _check_eval_backend(model_path, recipe, settings)
+        if Path(model_path).is_dir():  # recorded absolute, so the run works from any directory
+            model_path = str(Path(model_path).resolve())
+        self.model_path, self.recipe, self.settings = model_path, recipe, settings
+        self.examples, self.items, self.tokens_fp = examples, items, tokens_fp
+        self.tokenizer, self.tokenize_config = tokenizer, tokenize_config
+        self.trust_remote_code, self.restart = trust_remote_code, restart
+
+    def fingerprint(self, run: RunDir) -> str:
+        return probe_fingerprint(self.tokens_fp, self.model_path, self.recipe, self.settings)
+
+    def outputs_exist(self, run: RunDir) -> bool:
+        return run.bottleneck_path.exists()
+
+    def prepare(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        if attempt.stale and not self.restart:
+            raise T3SError(
+                f"the probe in {run.root} was started with another model, corpus or recipe; "
+                "pass --restart to discard it, or use a new run directory"
+            )
+        resumed = attempt.previous.get("fingerprint") == attempt.fingerprint and not self.restart
+        if attempt.main:
+            if self.restart:
+                shutil.rmtree(run.probe_dir, ignore_errors=True)
+            remove_incomplete_checkpoints(run.checkpoints_dir)
+            # Every retraining reuses this recipe, so that only the mask differs from the probe's SFT.
+            run.record("recipe", self.recipe.model_dump())
+            run.record("probe_settings", self.settings.model_dump())
+        first = attempt.previous.get("first_started") if resumed else None
+        return {"model": self.model_path, "first_started": first or time.time()}
+
+    def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        import torch
+        from accelerate import PartialState
+
+        from t3s.models import load_model
+
+        state = PartialState()
+        recipe, settings, model_path = self.recipe, self.settings, self.model_path
+        remote = self.trust_remote_code
+        run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        dtype = torch.bfloat16 if recipe.param_dtype == "bfloat16" else torch.float32
+        model = load_model(model_path, device=state.device, dtype=dtype, trust_remote_code=remote)
+        model = prepare_model(model, recipe)
+        acc = (
+            AccuracyProbe(
+                run,
+                self.examples,
+                self.items,
+                self.tokenizer,
+                self.tokenize_config.template,
+                settings.eval,
+                fingerprint=attempt.fingerprint,
+            )
+            if settings.fixed_step is None
+            else None
         )
-    if restart:
-        info = {}
-        if state.is_main_process:
-            shutil.rmtree(run.probe_dir, ignore_errors=True)
-    state.wait_for_everyone()
-    run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    if state.is_main_process:
-        remove_incomplete_checkpoints(run.checkpoints_dir)
-        first = run.stage("probe").get("first_started") if info.get("fingerprint") == fp else None
-        run.set_stage(
-            "probe", status="running", fingerprint=fp, model=model_path, first_started=first or time.time()
-        )
-        # Every retraining reuses this recipe, so that only the mask differs from the probe's SFT.
-        run.record("recipe", recipe.model_dump())
-        run.record("probe_settings", settings.model_dump())
-    state.wait_for_everyone()
+        probe = Probe(run, settings, recipe, acc)
+        probe.record(model, 0, None, Path(model_path))  # θ0 is its own checkpoint
 
-    import torch
-
-    dtype = torch.bfloat16 if recipe.param_dtype == "bfloat16" else torch.float32
-    model = load_model(model_path, device=state.device, dtype=dtype, trust_remote_code=trust_remote_code)
-    model = prepare_model(model, recipe)
-    evaluating = settings.fixed_step is None
-    acc = (
-        AccuracyProbe(
-            run, examples, items, tokenizer, tokenize_config.template, settings.eval, fingerprint=fp
-        )
-        if evaluating
-        else None
-    )
-    probe = Probe(run, settings, recipe, acc)
-    probe.record(model, 0, None, Path(model_path))  # θ0 is its own checkpoint
-
-    # A checkpoint saved just before a kill may not have been measured yet.
-    latest = list_checkpoints(run.checkpoints_dir, resumable=True)
-    if (
-        latest
-        and probe.needs_eval(checkpoint_step(latest[-1]))
-        and checkpoint_step(latest[-1]) not in probe.evaluated()
-    ):
-        saved = load_model(
-            str(latest[-1]), device=state.device, dtype=dtype, trust_remote_code=trust_remote_code
-        )
-        probe.record(saved, checkpoint_step(latest[-1]), None, latest[-1])
-        del saved
-    if not latest or checkpoint_step(latest[-1]) < recipe.steps:
-        dataset = sft_dataset(items, [labels_for(t) for t in items])
-        trainer = build_trainer(
-            model,
-            tokenizer,
-            dataset,
-            recipe,
-            run.checkpoints_dir,
-            callbacks=[_make_callback(probe)],
-            save_steps=recipe.steps + 1,
-        )
-        trainer.train(resume_from_checkpoint=str(latest[-1]) if latest else None)
-    probe.prune()
-    state.wait_for_everyone()
-    return _finish(run, probe, model_path, fp)
+        # A checkpoint saved just before a kill may not have been measured yet.
+        latest = list_checkpoints(run.checkpoints_dir, resumable=True)
+        if (
+            latest
+            and probe.needs_eval(checkpoint_step(latest[-1]))
+            and checkpoint_step(latest[-1]) not in probe.evaluated()
+        ):
+            saved = load_model(str(latest[-1]), device=state.device, dtype=dtype, trust_remote_code=remote)
+            probe.record(saved, checkpoint_step(latest[-1]), None, latest[-1])
+            del saved
+        if not latest or checkpoint_step(latest[-1]) < recipe.steps:
+            dataset = sft_dataset(self.items, [labels_for(t) for t in self.items])
+            trainer = build_trainer(
+                model,
+                self.tokenizer,
+                dataset,
+                recipe,
+                run.checkpoints_dir,
+                callbacks=[_make_callback(probe)],
+                save_steps=recipe.steps + 1,
+            )
+            trainer.train(resume_from_checkpoint=str(latest[-1]) if latest else None)
+        probe.prune()
+        state.wait_for_everyone()
+        record = _bottleneck_record(run, probe, model_path)
+        if attempt.main:
+            run.write_bottleneck(record)
+        # The probe's time counts from its first start, across resumes, like its rows' wall_time.
+        return {"seconds": round(time.time() - probe.started, 2)}
 
 
-def _finish(run: RunDir, probe: Probe, model_path: str, fp: str) -> dict[str, Any]:
-    from accelerate import PartialState
-
+def _bottleneck_record(run: RunDir, probe: Probe, model_path: str) -> dict[str, Any]:
     settings, recipe = probe.settings, probe.recipe
     if settings.fixed_step is not None:
         bottleneck: dict[str, Any] = {"step": settings.fixed_step, "selected_by": "fixed_step"}
@@ -481,8 +485,4 @@ def _finish(run: RunDir, probe: Probe, model_path: str, fp: str) -> dict[str, An
     }
     if record["bottleneck"] is None:
         raise T3SError(f"the bottleneck checkpoint (step {bottleneck['step']}) is not on disk")
-    if PartialState().is_main_process:
-        write_json(run.probe_dir / "bottleneck.json", record)
-        run.record("probe", record)
-        run.set_stage("probe", status="done", fingerprint=fp, seconds=round(time.time() - probe.started, 2))
     return record

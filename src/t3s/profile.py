@@ -39,7 +39,9 @@ from t3s.errors import T3SError
 from t3s.fingerprint import digest, model_fingerprint
 from t3s.io import write_json, write_parquet
 from t3s.progress import bar
-from t3s.tokens import TOKENS_SCHEMA, TokenizedExample
+from t3s.rundir import RunDir
+from t3s.stage import Attempt, Stage, execute
+from t3s.tokens import TOKENS_SCHEMA, TokenizeConfig, TokenizedExample, tokens_fingerprint
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 # |Δc| (nats) below which the scoring dtype may flip Δc's sign; see the module docstring.
@@ -197,13 +199,6 @@ def build_profile(
     return summary
 
 
-def read_profile(path: str | Path) -> pa.Table:
-    path = Path(path)
-    if not path.exists():
-        raise T3SError(f"{path}: no profile here; run `t3s profile` first")
-    return pq.read_table(path)
-
-
 def check_same_tokenizer(
     models: dict[str, str], expected: str | None, trust_remote_code: bool = False
 ) -> str:
@@ -224,13 +219,11 @@ def check_same_tokenizer(
     return expected
 
 
-def run_models(run: Any, steps: Sequence[int] = (), all_steps: bool = False) -> dict[str, str]:
+def run_models(run: RunDir, steps: Sequence[int] = (), all_steps: bool = False) -> dict[str, str]:
     """base, bottleneck and the requested probe checkpoints of a run, by profile name."""
-    probe = run.manifest().get("probe")
-    if not probe or run.stage("probe").get("status") != "done":
-        raise T3SError(f"run {run.root} has no finished probe; run `t3s probe` first")
-    models = {"base": run.resolve(probe["base"]), "bottleneck": run.resolve(probe["bottleneck"])}
-    available = {name: run.resolve(path) for name, path in probe.get("checkpoints", {}).items()}
+    record = run.bottleneck()
+    models = {"base": run.base_model(), "bottleneck": run.resolve(record["bottleneck"])}
+    available = {f"step{k}": path for k, path in run.checkpoints().items() if k}
     if all_steps:
         models.update(available)
     for k in steps:
@@ -243,6 +236,83 @@ def run_models(run: Any, steps: Sequence[int] = (), all_steps: bool = False) -> 
     return models
 
 
+class ProfileStage(Stage):
+    """A run's corpus scored under θ0, θb and the asked checkpoints into RUN/profile/profile.parquet."""
+
+    name = "profile"
+
+    def __init__(
+        self,
+        *,
+        steps: Sequence[int] = (),
+        all_steps: bool = False,
+        extra: dict[str, str] | None = None,
+        trust_remote_code: bool = False,
+        **scoring: Any,
+    ) -> None:
+        self.steps, self.all_steps, self.extra = steps, all_steps, extra
+        self.trust_remote_code, self.scoring = trust_remote_code, scoring
+        self.models: dict[str, str] = {}
+        self.items: list[TokenizedExample] = []
+        self.tokens_fp = ""
+
+    def inputs(self, run: RunDir) -> tuple[dict[str, str], list[TokenizedExample]]:
+        """The models to score, by name, and the examples to score them on."""
+        models = run_models(run, self.steps, self.all_steps)
+        if self.extra:
+            check_same_tokenizer(self.extra, run.fingerprints().get("tokenizer"), self.trust_remote_code)
+            models.update(self.extra)
+        return models, run.read_tokens()
+
+    def output(self, run: RunDir) -> tuple[Path, Path]:
+        """The profile and the cache of its scores."""
+        return run.profile, run.profile_cache
+
+    def fingerprint(self, run: RunDir) -> str:
+        self.models, self.items = self.inputs(run)
+        self.tokens_fp = tokens_fingerprint(self.items)
+        _, dtype_name = scoring_dtype(self.scoring.get("device"), self.scoring.get("dtype"))
+        fps = {name: model_fingerprint(path) for name, path in self.models.items()}
+        return digest(self.tokens_fp, fps, dtype_name)
+
+    def outputs_exist(self, run: RunDir) -> bool:
+        return self.output(run)[0].exists()
+
+    def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        out, cache = self.output(run)
+        remote = self.trust_remote_code
+        summary = build_profile(
+            self.models, self.items, self.tokens_fp, out, cache, trust_remote_code=remote, **self.scoring
+        )
+        return {"summary": summary}
+
+
+class CrossProfileStage(ProfileStage):
+    """The run's corpus under another student's θ0 and θb (same tokenizer family), for cross-model
+    selection: RUN/profile/cross-<name>.parquet."""
+
+    def __init__(
+        self,
+        cross: str,
+        models: dict[str, str],
+        config: TokenizeConfig,
+        *,
+        trust_remote_code: bool = False,
+        **scoring: Any,
+    ) -> None:
+        super().__init__(trust_remote_code=trust_remote_code, **scoring)
+        self.name, self.cross = f"profile:cross-{cross}", cross
+        self.cross_models, self.config = models, config
+
+    def inputs(self, run: RunDir) -> tuple[dict[str, str], list[TokenizedExample]]:
+        items = _tokenized(self.cross_models, run.corpus, self.config, self.trust_remote_code)
+        return self.cross_models, items
+
+    def output(self, run: RunDir) -> tuple[Path, Path]:
+        out = run.cross_profile(self.cross)
+        return out, _cache_beside(out)
+
+
 def profile_run(
     run_path: str | Path,
     *,
@@ -253,62 +323,44 @@ def profile_run(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Profile a run's corpus under θ0, θb and the asked checkpoints into RUN/profile/profile.parquet."""
-    from t3s.rundir import RunDir
-    from t3s.tokens import read_tokens, tokens_fingerprint
+    stage = ProfileStage(
+        steps=steps, all_steps=all_steps, extra=extra, trust_remote_code=trust_remote_code, **kwargs
+    )
+    return execute(RunDir(run_path), stage)["summary"]
 
-    run = RunDir(run_path)
-    models = run_models(run, steps, all_steps)
-    if extra:
-        check_same_tokenizer(
-            extra, run.manifest().get("fingerprints", {}).get("tokenizer"), trust_remote_code
-        )
-        models.update(extra)
-    items = read_tokens(run.tokens)
-    tokens_fp = tokens_fingerprint(items)
-    _, dtype_name = scoring_dtype(kwargs.get("device"), kwargs.get("dtype"))
-    fp = digest(tokens_fp, {name: model_fingerprint(path) for name, path in models.items()}, dtype_name)
-    if run.stage_done("profile", fp) and run.profile.exists():
-        return run.stage("profile")["summary"]
-    with run.running("profile", fp) as extras:
-        summary = build_profile(
-            models,
-            items,
-            tokens_fp,
-            run.profile,
-            run.profile_dir / "cache",
-            trust_remote_code=trust_remote_code,
-            **kwargs,
-        )
-        extras["summary"] = summary
-    return summary
+
+def _tokenized(
+    models: dict[str, str], data: str | Path, config: TokenizeConfig, trust_remote_code: bool
+) -> list[TokenizedExample]:
+    """A corpus tokenized by the models' one shared tokenizer."""
+    from t3s.data import load_corpus
+    from t3s.models import load_tokenizer
+    from t3s.tokens import tokenize_corpus
+
+    check_same_tokenizer(models, None, trust_remote_code)
+    tokenizer = load_tokenizer(next(iter(models.values())), trust_remote_code=trust_remote_code)
+    return tokenize_corpus(tokenizer, load_corpus(data), config)[0]
+
+
+def _cache_beside(out: Path) -> Path:
+    return out.parent / f".{out.stem}.cache"
 
 
 def profile_standalone(
     models: dict[str, str],
     data: str | Path,
     out: str | Path,
-    config: Any,
+    config: TokenizeConfig,
     *,
     trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Profile any corpus under any models sharing a tokenizer, without a run directory."""
-    from t3s.data import load_corpus
-    from t3s.models import load_tokenizer
-    from t3s.tokens import tokenize_corpus, tokens_fingerprint
-
     out = Path(out)
     if out.suffix != ".parquet":
         raise T3SError(f"--out {out}: the profile is a .parquet file")
-    check_same_tokenizer(models, None, trust_remote_code)
-    tokenizer = load_tokenizer(next(iter(models.values())), trust_remote_code=trust_remote_code)
-    items, _ = tokenize_corpus(tokenizer, load_corpus(data), config)
+    items = _tokenized(models, data, config, trust_remote_code)
+    cache = _cache_beside(out)
     return build_profile(
-        models,
-        items,
-        tokens_fingerprint(items),
-        out,
-        out.parent / f".{out.stem}.cache",
-        trust_remote_code=trust_remote_code,
-        **kwargs,
+        models, items, tokens_fingerprint(items), out, cache, trust_remote_code=trust_remote_code, **kwargs
     )

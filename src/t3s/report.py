@@ -85,19 +85,17 @@ class ReportRun:
     def __init__(self, path: Path, label: str) -> None:
         self.run, self.label = RunDir(path), label
 
-    def json(self, relative: str) -> Any:
-        path = self.run.root / relative
+    def json(self, path: Path) -> Any:
         try:
             return read_json(path) if path.is_file() else None
         except (ValueError, OSError):
             return None
 
     def analysis(self, name: str) -> dict[str, Any] | None:
-        data = self.json(f"analysis/{name}.json")
+        data = self.json(self.run.analysis_dir / f"{name}.json")
         return data if isinstance(data, dict) else None
 
-    def png(self, relative: str) -> bytes | None:
-        path = self.run.root / relative
+    def png(self, path: Path) -> bytes | None:
         return path.read_bytes() if path.is_file() else None
 
     @property
@@ -106,6 +104,13 @@ class ReportRun:
             return self.run.manifest()
         except T3SError:
             return {}
+
+    @property
+    def bottleneck(self) -> dict[str, Any] | None:
+        try:
+            return self.run.bottleneck()
+        except T3SError:
+            return None
 
 
 @dataclass
@@ -155,7 +160,7 @@ def _titled(
 
 
 def _figure(ctx: ReportContext, run: ReportRun, name: str, caption: str) -> list[Item]:
-    png = run.png(f"analysis/{name}.png")
+    png = run.png(run.run.analysis_dir / f"{name}.png")
     return [Figure(ctx.slug(run, name), png, caption)] if png else []
 
 
@@ -163,15 +168,15 @@ def _figure(ctx: ReportContext, run: ReportRun, name: str, caption: str) -> list
 def headlines(run: ReportRun) -> dict[str, str]:
     """The few numbers to read first: θb, the accuracy crash, anchor share, persistent drops."""
     out: dict[str, str] = {}
-    record = run.json("probe/bottleneck.json")
-    if isinstance(record, dict):
+    record = run.bottleneck
+    if record is not None:
         out["θb step"] = fmt(record.get("step"))
-    rows = read_jsonl(run.run.metrics)
+    rows = run.run.probe_metrics()
     acc = [(r["step"], r["train_accuracy"]) for r in rows if r.get("train_accuracy") is not None]
-    if acc and isinstance(record, dict):
+    if acc and record is not None:
         at_b = next((a for s, a in acc if s == record.get("step")), None)
         out["training accuracy θ0 → θb → final"] = f"{pct(acc[0][1])} → {pct(at_b)} → {pct(acc[-1][1])}"
-    summary = run.json("profile/profile.json")
+    summary = run.json(run.run.profile_summary)
     if isinstance(summary, dict) and isinstance(summary.get("delta"), dict):
         out["anchor share (Δc > 0)"] = pct(summary["delta"].get("anchor_share"))
     drops = run.analysis("drops")
@@ -191,9 +196,9 @@ def overview(ctx: ReportContext) -> list[Section]:
     if len(ctx.runs) > 1:
         curves = {}
         for r in ctx.runs:
-            metrics = read_jsonl(r.run.metrics)
+            metrics = r.run.probe_metrics()
             if metrics:
-                curves[r.label] = shock.shock_curves(metrics, r.json("probe/bottleneck.json"), {})
+                curves[r.label] = shock.shock_curves(metrics, r.bottleneck, {})
         if curves:
             png = plots.png_bytes(plots.accuracy_overlay_figure(curves))
             items.append(Figure("compare_accuracy", png, "Training accuracy of every run along its probe."))
@@ -201,13 +206,13 @@ def overview(ctx: ReportContext) -> list[Section]:
 
 
 def _shock_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
-    metrics = read_jsonl(run.run.metrics)
+    metrics = run.run.probe_metrics()
     if not metrics:
         return []
     caption = "Loss and training accuracy (benchmark accuracy when evaluated) per checkpoint; θb dashed."
     items = _figure(ctx, run, "shock", caption)
     if not items:  # not analysed yet: the curves are cheap to draw from the probe's metrics
-        data = shock.shock_curves(metrics, run.json("probe/bottleneck.json"), artifacts.eval_curves(run.run))
+        data = shock.shock_curves(metrics, run.bottleneck, artifacts.eval_curves(run.run))
         items = [Figure(ctx.slug(run, "shock"), plots.png_bytes(plots.shock_figure(data)), caption)]
     columns = ["step", "train_loss", "teacher_forced_loss", "train_accuracy", "mean_tokens", "truncated"]
     # Verdicts that failed (the verifier raised or timed out) count as wrong in the accuracy.
@@ -227,7 +232,7 @@ def probe_section(ctx: ReportContext) -> list[Section]:
 
 def _token_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
     items: list[Item] = []
-    summary = run.json("profile/profile.json")
+    summary = run.json(run.run.profile_summary)
     if isinstance(summary, dict) and isinstance(summary.get("delta"), dict):
         delta = summary["delta"]
         rows = [
@@ -367,13 +372,13 @@ def _eval_table(rows: list[dict[str, Any]], key: str, caption: str) -> Table | N
 
 def _eval_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
     items: list[Item] = []
-    for bench in sorted(p for p in (run.run.root / "eval").glob("*") if p.is_dir()):
-        for name, key, what in (
-            ("curve.jsonl", "step", "per probe checkpoint"),
-            ("policies.jsonl", "policy", "per trained policy"),
+    for bench in run.run.eval_dirs():
+        for policies, key, what in (
+            (False, "step", "per probe checkpoint"),
+            (True, "policy", "per trained policy"),
         ):
             try:
-                rows = read_jsonl(bench / name)
+                rows = read_jsonl(run.run.eval_table(bench.name, policies))
             except ValueError:
                 continue
             table = _eval_table(
@@ -389,24 +394,24 @@ def evaluation_section(ctx: ReportContext) -> list[Section]:
     return _titled(ctx, "Evaluation", 40, lambda r: _eval_items(ctx, r))
 
 
-def _log_rows(policy_dir: Path) -> list[dict[str, Any]]:
+def _log_rows(log: Path) -> list[dict[str, Any]]:
     """A trained policy's per-step training log (`log.jsonl`, written by `t3s train`)."""
     try:
-        rows = read_jsonl(policy_dir / "log.jsonl")
+        rows = read_jsonl(log)
     except ValueError:
         return []
     return [r for r in rows if isinstance(r, dict) and isinstance(r.get("loss"), int | float) and "step" in r]
 
 
 def _policy_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
-    policies = sorted(p for p in (run.run.root / "train").glob("*") if p.is_dir())
+    policies = run.run.train_dirs()
     if not policies:
         return []
     stages = run.manifest.get("stages", {})
     rows, histories = [], {}
     for p in policies:
-        log = _log_rows(p)
-        weights = any(p.glob("model/*.safetensors")) or any(p.glob("*.safetensors"))
+        log = _log_rows(run.run.train_log(p.name))
+        weights = any(run.run.model_dir(p.name).glob("*.safetensors")) or any(p.glob("*.safetensors"))
         info = stages.get(f"train:{p.name}", {})
         last = log[-1] if log else {}
         rows.append(
@@ -434,9 +439,9 @@ def policies_section(ctx: ReportContext) -> list[Section]:
 
 def _extra_items(run: ReportRun, ctx: ReportContext) -> list[Section]:
     sections = []
-    folder = run.run.root / "report" / "extra"
+    folder = run.run.report_extra_dir
     for path in sorted(folder.glob("*.json")):
-        data = run.json(str(path.relative_to(run.run.root)))
+        data = run.json(path)
         if isinstance(data, dict):
             sections.append(_extra_json(ctx, run, path, data))
     for path in sorted(folder.glob("*.md")):
@@ -630,9 +635,9 @@ def build_report(runs: Sequence[str | Path], out: str | Path | None = None) -> R
     for p in paths:
         if not p.is_dir():
             raise T3SError(f"run {p}: no such directory")
-        if not (p / "manifest.json").exists():
+        if not RunDir(p).manifest_path.exists():
             raise T3SError(f"run {p}: no manifest.json; run `t3s probe --run {p}` first")
-    out_dir = Path(out) if out is not None else paths[0] / "report"
+    out_dir = Path(out) if out is not None else RunDir(paths[0]).report_dir
     ctx = ReportContext(
         [ReportRun(p, label) for p, label in zip(paths, _labels(paths), strict=True)], out_dir
     )

@@ -21,7 +21,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from t3s.errors import T3SError
+from t3s.fingerprint import digest, model_fingerprint
 from t3s.io import atomic_dir
+from t3s.rundir import RunDir
+from t3s.stage import Attempt, Stage
 
 if TYPE_CHECKING:
     from t3s.training import TrainRecipe
@@ -308,3 +311,23 @@ def rrt(base: str | Path, bottleneck: str | Path, final: str | Path, out: str | 
         "final": str(final),
         "tensors": len(full[layout].map),
     }
+
+
+class RRTStage(Stage):
+    """θ0 + (θf - θb) of the run's probe into RUN/train/rrt/model (written by the main process)."""
+
+    name = policy = "rrt"  # its model is RUN/train/rrt/model, beside the trained policies'
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []  # θ0, θb, θf
+
+    def fingerprint(self, run: RunDir) -> str:
+        record = run.bottleneck()
+        self.paths = [run.base_model(), run.resolve(record["bottleneck"]), run.resolve(record["final"])]
+        return digest([model_fingerprint(p) for p in self.paths])
+
+    def outputs_exist(self, run: RunDir) -> bool:
+        return run.model_dir(self.policy).exists()
+
+    def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        return {"summary": rrt(*self.paths, run.model_dir(self.policy))} if attempt.main else {}

@@ -26,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, file_digest
-from t3s.io import atomic_dir, write_json
+from t3s.io import atomic_dir, read_json, write_json
+from t3s.rundir import RunDir, read_profile
+from t3s.stage import Attempt, Stage, execute
 from t3s.training import IGNORE
 
 Policy = Literal["sft", "t3s", "inverse", "static-high", "static-low", "random"]
@@ -182,22 +184,55 @@ def mask_stats(table: pa.Table, keeps: Sequence[np.ndarray]) -> dict[str, Any]:
     }
 
 
+# A masked dataset's directory (`RUN/masks/<policy>`, a mix, a test's): the masks as Parquet, the
+# same as an HF dataset (save_to_disk), and their stats.
+MASKS_FILE, MASKS_HF, MASKS_STATS = "data.parquet", "dataset", "stats.json"
+
+
+def masks_summary(table: pa.Table, keeps: Sequence[np.ndarray], info: dict[str, Any]) -> dict[str, Any]:
+    """`info` and the counts of the masks; a policy that keeps nothing is refused."""
+    stats = {**info, **mask_stats(table, keeps)}
+    if stats["kept_tokens"] == 0:
+        raise T3SError(f"policy {info.get('policy')} keeps no token at all; nothing could be trained")
+    return stats
+
+
+def save_masks(out: Path, masks: pa.Table, stats: dict[str, Any]) -> None:
+    """Write a masked dataset directory atomically."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    with atomic_dir(out) as tmp:
+        pq.write_table(masks, tmp / MASKS_FILE)
+        datasets.Dataset(masks).save_to_disk(str(tmp / MASKS_HF))
+        write_json(tmp / MASKS_STATS, stats)
+
+
 def write_masks(
     out: Path, table: pa.Table, keeps: Sequence[np.ndarray], info: dict[str, Any]
 ) -> dict[str, Any]:
     """Write data.parquet, an HF dataset (dataset/) and stats.json into `out`, atomically."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    masks = masks_table(table, keeps)
-    stats = {**info, **mask_stats(table, keeps)}
-    if stats["kept_tokens"] == 0:
-        raise T3SError(f"policy {info.get('policy')} keeps no token at all; nothing could be trained")
-    with atomic_dir(out) as tmp:
-        pq.write_table(masks, tmp / "data.parquet")
-        datasets.Dataset(masks).save_to_disk(str(tmp / "dataset"))
-        write_json(tmp / "stats.json", stats)
+    stats = masks_summary(table, keeps, info)
+    save_masks(out, masks_table(table, keeps), stats)
     return stats
+
+
+def read_masks(masks_dir: Path, missing: str | None = None) -> pa.Table:
+    """The masks of a masked dataset directory; `missing` is the error when there are none."""
+    path = masks_dir / MASKS_FILE
+    if not path.exists():
+        raise T3SError(missing or f"{masks_dir}: no masked dataset; run `t3s select` first")
+    try:
+        return pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise T3SError(f"{path}: not a readable Parquet file ({exc})") from exc
+
+
+def read_masks_stats(masks_dir: Path) -> dict[str, Any] | None:
+    """A masked dataset's stats.json, or None when it has none (or not a mapping)."""
+    path = masks_dir / MASKS_STATS
+    stats = read_json(path) if path.exists() else None
+    return stats if isinstance(stats, dict) else None
 
 
 def check_same_examples(run_tokens: pa.Table, profile: pa.Table, where: str) -> None:
@@ -222,35 +257,42 @@ def check_same_examples(run_tokens: pa.Table, profile: pa.Table, where: str) -> 
             )
 
 
+class SelectStage(Stage):
+    """A policy's masks on the run's profile (or a cross-model profile) into RUN/masks/<name>/."""
+
+    def __init__(self, options: SelectOptions) -> None:
+        self.options = options
+        self.policy = options.output_name()
+        self.name = f"select:{self.policy}"
+        self.table: pa.Table | None = None  # the profile (or, for plain SFT without one, the tokens)
+        self.source = ""
+
+    def fingerprint(self, run: RunDir) -> str:
+        options = self.options
+        tokens = run.tokens_table()
+        if options.policy == "sft" and options.profile is None and not run.profile.exists():
+            self.table, self.source = tokens.drop_columns(["truncated"]), "tokens"
+            read = run.tokens
+        else:
+            read = Path(options.profile) if options.profile else run.profile
+            self.table, self.source = read_profile(read), str(read)
+            check_same_examples(tokens, self.table, str(read))
+        return digest(options.model_dump(exclude={"name"}), file_digest(read))
+
+    def outputs_exist(self, run: RunDir) -> bool:
+        return (run.masks_dir(self.policy) / MASKS_STATS).exists()
+
+    def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        assert self.table is not None  # read by fingerprint
+        keeps = select(self.table, self.options)
+        info = {"policy": self.options.policy, "options": self.options.model_dump(), "source": self.source}
+        if attempt.main:
+            stats = write_masks(run.masks_dir(self.policy), self.table, keeps, info)
+        else:
+            stats = masks_summary(self.table, keeps, info)
+        return {"summary": {k: v for k, v in stats.items() if k != "per_example"}}
+
+
 def select_run(run_path: str | Path, options: SelectOptions) -> dict[str, Any]:
     """Select on a run's profile (or a cross-model profile) into RUN/masks/<name>/."""
-    from t3s.profile import read_profile
-    from t3s.rundir import RunDir
-
-    run = RunDir(run_path)
-    tokens = pq.read_table(run.tokens) if run.tokens.exists() else None
-    if tokens is None:
-        raise T3SError(f"run {run.root} has no tokens; run `t3s probe` first")
-    if options.policy == "sft" and options.profile is None and not run.profile.exists():
-        table = tokens.drop_columns(["truncated"])
-        source = "tokens"
-    else:
-        path = Path(options.profile) if options.profile else run.profile
-        table = read_profile(path)
-        check_same_examples(tokens, table, str(path))
-        source = str(path)
-    name = options.output_name()
-    fp = digest(
-        options.model_dump(exclude={"name"}), file_digest(Path(source) if source != "tokens" else run.tokens)
-    )
-    out = run.masks_dir(name)
-    stage = f"select:{name}"
-    if run.stage_done(stage, fp) and (out / "stats.json").exists():
-        return run.stage(stage)["summary"]
-    with run.running(stage, fp) as extras:
-        keeps = select(table, options)
-        stats = write_masks(
-            out, table, keeps, {"policy": options.policy, "options": options.model_dump(), "source": source}
-        )
-        extras["summary"] = {k: v for k, v in stats.items() if k != "per_example"}
-    return extras["summary"]
+    return execute(RunDir(run_path), SelectStage(options))["summary"]

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from t3s.data import Example, Prompt
 from t3s.errors import T3SError
@@ -174,8 +173,8 @@ def tokens_table(items: Sequence[TokenizedExample]) -> pa.Table:
     )
 
 
-def read_tokens(path: Any) -> list[TokenizedExample]:
-    table = pq.read_table(path)
+def tokens_items(table: pa.Table) -> list[TokenizedExample]:
+    """The examples of a tokens table (`tokens.parquet`)."""
     return [
         TokenizedExample(r["id"], r["input_ids"], r["response_start"], r["response_end"], r["truncated"])
         for r in table.to_pylist()

@@ -1,4 +1,4 @@
-"""Reading a run's artifacts for the analyses: probe metrics, the bottleneck record, the profile, eval curves.
+"""Reading a run's artifacts for the analyses: probe metrics, the profile, eval curves.
 
 Every reader raises a one-line `T3SError` that names the command to run first when its artifact
 is missing. The profile is flattened once into aligned 1-D arrays over its *scored* tokens
@@ -15,36 +15,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from t3s.errors import T3SError
-from t3s.io import read_json, read_jsonl
-from t3s.rundir import RunDir
+from t3s.io import read_jsonl
+from t3s.rundir import RunDir, read_profile
 
 _STEP_COLUMN = re.compile(r"^step(\d+)$")
 
 
-def bottleneck_record(run: RunDir) -> dict[str, Any]:
-    path = run.probe_dir / "bottleneck.json"
-    if not path.exists():
-        raise T3SError(f"{path}: missing; run `t3s probe --run {run.root}` first")
-    return read_json(path)
-
-
 def probe_metrics(run: RunDir) -> list[dict[str, Any]]:
-    rows = read_jsonl(run.metrics)
+    rows = run.probe_metrics()
     if not rows:
         raise T3SError(f"{run.metrics}: missing or empty; run `t3s probe --run {run.root}` first")
-    return sorted(rows, key=lambda r: r["step"])
-
-
-def checkpoint_paths(run: RunDir, record: dict[str, Any]) -> dict[int, str]:
-    """Step -> model path for θ0 (step 0) and every probe checkpoint on disk."""
-    paths = {0: run.resolve(record["base"])}
-    for name, path in record.get("checkpoints", {}).items():
-        if name.startswith("step") and name[4:].isdigit() and Path(run.resolve(path)).is_dir():
-            paths[int(name[4:])] = run.resolve(path)
-    return paths
+    return rows
 
 
 def _as_number(value: Any) -> float | None:
@@ -64,7 +47,7 @@ def eval_curves(run: RunDir) -> dict[str, dict[str, list[tuple[int, float]]]]:
     `accuracy`) or not finite numbers are skipped: the file is written by another stage.
     """
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for path in sorted((run.root / "eval").glob("*/curve.jsonl")):
+    for path in (run.eval_table(d.name) for d in run.eval_dirs()):
         try:
             rows = read_jsonl(path)
         except ValueError:
@@ -119,12 +102,6 @@ def _flat(column: pa.ChunkedArray) -> np.ndarray:
     return column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
 
 
-def read_profile_table(path: Path) -> pa.Table:
-    if not path.exists():
-        raise T3SError(f"{path}: no profile here; run `t3s profile --run RUN` first")
-    return pq.read_table(path)
-
-
 def profile_from_table(table: pa.Table, where: str) -> Profile:
     names = [c for c in table.column_names if c.startswith("logprob_")]
     if "logprob_base" not in names:
@@ -154,7 +131,7 @@ def profile_from_table(table: pa.Table, where: str) -> Profile:
 
 
 def load_profile(path: Path) -> Profile:
-    return profile_from_table(read_profile_table(path), str(path))
+    return profile_from_table(read_profile(path), str(path))
 
 
 def aligned_profiles(main: pa.Table, other: pa.Table, where: str) -> tuple[Profile, Profile]:

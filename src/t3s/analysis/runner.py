@@ -22,7 +22,7 @@ from t3s.analysis import artifacts, groups, plots, shock, tokens
 from t3s.analysis.artifacts import Profile
 from t3s.errors import T3SError
 from t3s.io import write_json, write_parquet, write_text
-from t3s.rundir import RunDir
+from t3s.rundir import RunDir, read_profile
 
 
 class AnalysisOptions(BaseModel):
@@ -66,12 +66,12 @@ class Context:
 
     def __init__(self, run: RunDir, options: AnalysisOptions) -> None:
         self.run, self.options = run, options
-        self.out = run.root / "analysis"
+        self.out = run.analysis_dir
         self._profile: Profile | None = None
 
     @property
     def record(self) -> dict[str, Any]:
-        return artifacts.bottleneck_record(self.run)
+        return self.run.bottleneck()
 
     @property
     def profile(self) -> Profile:
@@ -107,7 +107,7 @@ class Context:
 
     def checkpoints(self) -> dict[int, str]:
         """Step -> path of θ0 and the probe checkpoints to analyse (all on disk, or --steps)."""
-        found = artifacts.checkpoint_paths(self.run, self.record)
+        found = self.run.checkpoints()
         if len(found) < 2:
             raise T3SError(
                 f"run {self.run.root} has no probe checkpoint on disk; "
@@ -138,9 +138,10 @@ class Context:
 
 # -- the analyses --------------------------------------------------------------------------------
 def run_shock(ctx: Context) -> dict[str, Any]:
-    record = (
-        artifacts.bottleneck_record(ctx.run) if (ctx.run.probe_dir / "bottleneck.json").exists() else None
-    )
+    try:
+        record: dict[str, Any] | None = ctx.record
+    except T3SError:  # the probe is still running: its curves so far, without θb
+        record = None
     data = shock.shock_curves(artifacts.probe_metrics(ctx.run), record, artifacts.eval_curves(ctx.run))
     ctx.save("shock", data, plots.shock_figure(data))
     return {
@@ -154,9 +155,7 @@ def run_groups(ctx: Context) -> dict[str, Any]:
     data.update(threshold=ctx.options.threshold, bottleneck_step=b)
     if ctx.options.compare is not None:
         path = artifacts.compare_profile_path(ctx.options.compare)
-        main, other = artifacts.aligned_profiles(
-            artifacts.read_profile_table(ctx.run.profile), artifacts.read_profile_table(path), str(path)
-        )
+        main, other = artifacts.aligned_profiles(ctx.run.profile_table(), read_profile(path), str(path))
         compare = groups.group_dynamics(other, main.anchors(ctx.options.threshold))
         compare.update(label=f"{ctx.options.compare.name} (train other tokens only)", source=str(path))
         data["compare"] = compare
@@ -180,9 +179,7 @@ def run_tokens(ctx: Context) -> dict[str, Any]:
     from t3s.models import load_tokenizer
 
     record = ctx.record
-    tokenizer = load_tokenizer(
-        ctx.run.resolve(record["base"]), trust_remote_code=ctx.options.trust_remote_code
-    )
+    tokenizer = load_tokenizer(ctx.run.base_model(), trust_remote_code=ctx.options.trust_remote_code)
     rows = tokens.aggregate_tokens(ctx.profile.token, ctx.profile.delta, lambda i: tokenizer.decode([i]))
     top = tokens.top_tokens(rows, ctx.options.top, ctx.options.min_count)
     data: dict[str, Any] = {"bottleneck_step": record.get("step"), "min_count": ctx.options.min_count, **top}
@@ -265,7 +262,7 @@ def run_transfer(ctx: Context) -> dict[str, Any]:
     labels = np.full(len(profile.delta), -1, dtype=np.int64)
     labels[chosen] = transfer_labels(ctx.anchors()[chosen], profile.logprobs["base"][chosen])
     sample = ctx.sample(labels, 4)
-    base_path = ctx.run.resolve(ctx.record["base"])
+    base_path = ctx.run.base_model()
     data = transfer_matrix(
         lambda: ctx.load(base_path, updates=True),
         sample,
@@ -287,8 +284,8 @@ def run_separability(ctx: Context) -> dict[str, Any]:
         "threshold": opts.threshold,
         "histogram": sep.confidence_histogram(profile.logprobs["base"], anchors),
     }
-    paths = {"base": ctx.run.resolve(record["base"]), "bottleneck": ctx.run.resolve(record["bottleneck"])}
-    paths.update({f"step{k}": v for k, v in artifacts.checkpoint_paths(ctx.run, record).items() if k})
+    paths = {"base": ctx.run.base_model(), "bottleneck": ctx.run.resolve(record["bottleneck"])}
+    paths.update({f"step{k}": v for k, v in ctx.run.checkpoints().items() if k})
     if opts.sketch_checkpoint not in paths:
         raise T3SError(f"--sketch-checkpoint {opts.sketch_checkpoint!r}: use one of {', '.join(paths)}")
     sample = ctx.sample(anchors.astype(np.int64), 2)

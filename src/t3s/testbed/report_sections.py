@@ -15,7 +15,7 @@ ORDER_FINAL, ORDER_SHOCK, ORDER_GATE = 2.0, 3.0, 4.0
 
 
 def _summary(run: ReportRun) -> dict[str, Any] | None:
-    data = run.json("testbed/summary.json")
+    data = run.json(run.run.testbed_dir / "summary.json")
     return data if isinstance(data, dict) else None
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from t3s.config import PolicyList
 from t3s.io import read_json, read_jsonl, write_json
 from t3s.probe import ProbeEval, ProbeSettings
+from t3s.rundir import RunDir
 from t3s.selection import SelectOptions
 from t3s.testbed.task import Split, TaskSpec, make_problems, style_of
 from t3s.training import TrainRecipe
@@ -128,9 +129,9 @@ def run_config(cfg: TestbedConfig, student: str, corpus: Path, curve: Path, root
     )  # fmt: skip
     cross = []
     if cfg.cross_student:
-        record = read_json(root / "cross" / "probe" / "bottleneck.json")
-        other = root / "cross"
-        cross = [CrossModel(name="cross", base=record["base"], bottleneck=str(other / record["bottleneck"]))]
+        other = RunDir(root / "cross")
+        neck = other.resolve(other.bottleneck()["bottleneck"])
+        cross = [CrossModel(name="cross", base=other.base_model(), bottleneck=neck)]
     return RunConfig(
         run_dir=root,
         model=student,
@@ -165,7 +166,7 @@ def score_models(
                             template="plain", verifier=VERIFIER, batch_size=64, chunk=cfg.heldout_problems)  # fmt: skip
     out: dict[str, Any] = {}
     for name, path in models.items():
-        target = root / "eval" / "heldout" / f"{name}.json"
+        target = RunDir(root).eval_dir("heldout") / f"{name}.json"
         summary = evaluate(path, bench, settings, target, tokenizer=tokenizer, label=name)
         samples = read_jsonl(target.with_suffix(".samples.jsonl"))
         styles = [style_of(s["completion"]) for s in samples]
@@ -184,17 +185,14 @@ def score_models(
 
 def style_curve(run_root: Path, teacher: str) -> list[dict[str, Any]]:
     """Per checkpoint: losses, accuracies and the share of answers written in the teacher's style."""
-    rows = []
-    for m in read_jsonl(run_root / "probe" / "metrics.jsonl"):
+    run, rows = RunDir(run_root), []
+    for m in run.probe_metrics():
         row = {
             k: m.get(k)
             for k in ("step", "train_loss", "teacher_forced_loss", "train_accuracy", "heldout_accuracy")
         }
-        for kind, name in (
-            ("train", f"step-{m['step']:05d}.jsonl"),
-            ("heldout", f"heldout-step-{m['step']:05d}.jsonl"),
-        ):
-            samples = read_jsonl(run_root / "probe" / "samples" / name)
+        for kind, heldout in (("train", False), ("heldout", True)):
+            samples = read_jsonl(run.probe_samples(m["step"], heldout))
             if samples:
                 row[f"teacher_style_{kind}"] = sum(
                     style_of(s["completion"]) == teacher for s in samples
@@ -220,7 +218,7 @@ def run_seed(cfg: TestbedConfig, seed: int, root: Path) -> dict[str, Any]:
     models = run_pipeline(run_config(cfg, student, corpus, paths["curve"], root, seed))
     tokenizer = load_tokenizer(student)
     final = score_models(cfg, models, paths["heldout"], root, tokenizer)
-    gate_path = root / "testbed" / "gate.json"
+    gate_path = RunDir(root).testbed_dir / "gate.json"
     if gate_path.exists():
         gate = read_json(gate_path)
     else:
@@ -234,10 +232,10 @@ def run_seed(cfg: TestbedConfig, seed: int, root: Path) -> dict[str, Any]:
     analyze(root, cfg.analyses, AnalysisOptions(), skip_missing=True)
     summary = {
         "seed": seed, "final": final, "gate": gate, "curve": style_curve(root, cfg.teacher),
-        "bottleneck": read_json(root / "probe" / "bottleneck.json"),
+        "bottleneck": RunDir(root).bottleneck(),
         "config": json.loads(cfg.model_dump_json()), "seconds": round(time.time() - start, 1),
     }  # fmt: skip
-    write_json(root / "testbed" / "summary.json", summary)
+    write_json(RunDir(root).testbed_dir / "summary.json", summary)
     return summary
 
 
@@ -265,6 +263,6 @@ def run_testbed(cfg: TestbedConfig) -> dict[str, Any]:
     summaries = [run_seed(cfg, s, root) for s, root in zip(cfg.seeds, roots, strict=True)]
     result = {"aggregate": aggregate(summaries), "runs": [str(r) for r in roots]}
     write_json(cfg.run_dir / "testbed.json", result)
-    report = build_report(roots, cfg.run_dir / "report")
+    report = build_report(roots, RunDir(cfg.run_dir).report_dir)
     result["report"] = {"html": str(report.html), "markdown": str(report.markdown)}
     return result

@@ -1,0 +1,121 @@
+"""One shape for every stage: skip it when done with the same inputs, else run it and record how it went.
+
+A stage is one command's work over a run directory (tokenize, probe, profile, select, train, rrt,
+eval). `execute` keeps its books, the same way for all of them: it fingerprints the stage's inputs;
+a stage done with that fingerprint whose outputs are on disk is skipped (its manifest entry is
+returned); otherwise it is marked running, run on every process, and marked done with its seconds
+and what it returned, or failed with the error. Only the main process writes the manifest, the
+others wait at a barrier, so under `accelerate launch` or torchrun each process sees what the main
+one wrote. What a stage resumes from within a run (probe checkpoints, profile shards, training
+checkpoints) stays inside the stage.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from t3s.errors import T3SError
+from t3s.rundir import RunDir
+
+
+class Processes(Protocol):
+    """What the stages need of `accelerate.PartialState`: who is the main process, and a barrier."""
+
+    @property
+    def is_main_process(self) -> bool: ...
+
+    def wait_for_everyone(self) -> None: ...
+
+
+def processes() -> Processes:
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a stage that was not skipped."""
+
+    fingerprint: str
+    previous: dict[str, Any]  # the stage's manifest entry before this run ({} if it never started)
+    main: bool  # this is the main process: it writes what all processes share
+
+    @property
+    def stale(self) -> bool:
+        """The stage was started before on other inputs: what it left is not this run's to resume."""
+        return self.previous.get("fingerprint") not in (None, self.fingerprint)
+
+
+class Stage(ABC):
+    name: str  # its manifest entry: tokenize, probe, profile, select:<policy>, train:<policy>, ...
+    # False for a stage that must run every time because its outputs are its cache (eval).
+    skippable: bool = True
+
+    @abstractmethod
+    def fingerprint(self, run: RunDir) -> str:
+        """A hash of every input that decides the outputs; called on every process."""
+
+    def outputs_exist(self, run: RunDir) -> bool:
+        return True
+
+    def prepare(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        """Before the run, on every process: refuse what cannot resume, and (main process) remove what
+        must not be resumed. Returns what to record with status `running`."""
+        return {}
+
+    @abstractmethod
+    def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        """The work, on every process; returns what to record with status `done` (e.g. `summary`)."""
+
+
+def _error(exc: BaseException) -> str:
+    # A T3SError is already the one line a user reads; anything else is named by its type.
+    return (str(exc) if isinstance(exc, T3SError) else f"{type(exc).__name__}: {exc}")[:500]
+
+
+def execute(run: RunDir, stage: Stage, procs: Processes | None = None) -> dict[str, Any]:
+    """Run `stage` unless it is done with the same inputs; returns its manifest entry."""
+    procs = procs or processes()
+    main = procs.is_main_process
+    fingerprint = stage.fingerprint(run)
+    previous = run.stage(stage.name)
+    if (
+        stage.skippable
+        and previous.get("status") == "done"
+        and previous.get("fingerprint") == fingerprint
+        and stage.outputs_exist(run)
+    ):
+        return previous
+    attempt = Attempt(fingerprint, previous, main)
+    start = time.time()
+    running = {
+        "status": "running",
+        "fingerprint": fingerprint,
+        "started": time.ctime(start),
+        **stage.prepare(run, attempt),
+    }
+    if main:
+        run.set_stage(stage.name, **running)
+    procs.wait_for_everyone()
+    try:
+        extras = stage.run(run, attempt)
+    except BaseException as exc:
+        if main:
+            run.set_stage(stage.name, status="failed", error=_error(exc))
+        raise
+    # A stage may report its own `seconds` (the probe counts from its first start, across resumes).
+    done = {
+        "status": "done",
+        "finished": time.ctime(),
+        "seconds": round(time.time() - start, 2),
+        "error": None,
+    }
+    done.update(extras)
+    if main:
+        run.set_stage(stage.name, **done)
+    procs.wait_for_everyone()
+    return {**previous, **running, **done}
