@@ -105,7 +105,7 @@ def run_seed(d: Design, student: Path, root: Path, seed: int, device: str) -> di
     from t3s.stage import execute
     from t3s.testbed.gate import greedy_accuracy
     from t3s.testbed.task import Split, TaskSpec, make_problems, style_of
-    from t3s.tokenize import prepare_corpus
+    from t3s.tokenize_stage import prepare_corpus
     from t3s.tokens import TokenizeConfig, tokens_fingerprint
     from t3s.train import train_policy
     from t3s.training import TrainRecipe

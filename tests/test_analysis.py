@@ -46,7 +46,7 @@ def probed_run(tiny_model: Path, tokenizer, root: Path) -> Path:
         from t3s.probe import ProbeEval, ProbeSettings, ProbeStage
         from t3s.profile import profile_run
         from t3s.stage import execute
-        from t3s.tokenize import prepare_corpus
+        from t3s.tokenize_stage import prepare_corpus
         from t3s.tokens import TokenizeConfig, tokens_fingerprint
         from t3s.training import TrainRecipe
 

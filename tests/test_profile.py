@@ -16,7 +16,7 @@ from t3s.probe import ProbeEval, ProbeSettings, ProbeStage
 from t3s.profile import profile_run, profile_standalone, run_models
 from t3s.rundir import RunDir
 from t3s.stage import execute
-from t3s.tokenize import prepare_corpus
+from t3s.tokenize_stage import prepare_corpus
 from t3s.tokens import TokenizeConfig, tokens_fingerprint
 from t3s.training import TrainRecipe
 

@@ -157,7 +157,7 @@ def probe(
     from t3s.probe import ProbeEval, ProbeSettings, ProbeStage
     from t3s.rundir import RunDir
     from t3s.stage import execute
-    from t3s.tokenize import prepare_corpus
+    from t3s.tokenize_stage import prepare_corpus
     from t3s.tokens import tokens_fingerprint
     from t3s.training import LoraSettings, TrainRecipe
 

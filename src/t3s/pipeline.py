@@ -27,7 +27,7 @@ def stages(cfg: RunConfig, run: RunDir, tokenizer: Any) -> Iterator[Stage]:
     from t3s.profile import CrossProfileStage, ProfileStage
     from t3s.rrt import RRTStage
     from t3s.selection import SelectStage
-    from t3s.tokenize import TokenizeStage
+    from t3s.tokenize_stage import TokenizeStage
     from t3s.tokens import tokens_fingerprint
     from t3s.train import TrainStage
 
