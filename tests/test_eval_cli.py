@@ -19,7 +19,6 @@ from test_eval import BENCH_ROWS, SCRIPT, FakeBackend, check_verifier, lines, se
 
 
 def t3s(*args: str) -> subprocess.CompletedProcess:
-    # Not `python -m t3s.cli`: run as __main__, cli.py would not see the commands other modules register.
     cmd = [sys.executable, "-c", "from t3s.cli import main; main()", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -76,7 +76,6 @@ def expected_correct(
 
 
 def cli(*args: str) -> list[str]:
-    # `python -m t3s.cli` would run the module as __main__, apart from the app the commands register on.
     return [sys.executable, "-c", "from t3s.cli import main; main()", *args]
 
 

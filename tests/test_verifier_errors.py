@@ -166,7 +166,7 @@ def test_eval_limit_is_a_setting(tmp_path: Path, tiny_model: Path, tokenizer, fa
 def test_eval_tables_show_verifier_errors() -> None:
     from rich.console import Console
 
-    from t3s.cli_eval import _curve_table, _metrics_table
+    from t3s.cli.evaluate import _curve_table, _metrics_table
 
     metrics = {"avg@1": 0.5, "avg@1_stderr": None, "tokens": 10, "truncated": 0.0, "verifier_errors": 3}
     rows = [{"step": 2, "samples": 1, "maj@1": 0.5, "maj@1_stderr": None, "pass@1": 0.5, "pass@1_stderr": None,

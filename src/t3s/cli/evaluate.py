@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from t3s.cli import Device, Remote, app, console, out
+from t3s.cli.console import console, out
+from t3s.cli.options import Device, Remote
 from t3s.errors import T3SError
 
 
@@ -45,7 +46,6 @@ def _curve_table(title: str, key: str, rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-@app.command(name="eval")
 def eval_command(
     bench: Annotated[
         Path,

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from t3s.cli import _pydantic, app, out
+from t3s.cli.console import out
+from t3s.cli.options import _pydantic
 
 
-@app.command()
 def analyze(
     run: Annotated[Path, typer.Option("--run", help="run directory (probe and profile done)")],
     what: Annotated[
@@ -100,7 +100,6 @@ def analyze(
     analyze(run, names, options, skip_missing=what.strip() == "all", on_result=show)
 
 
-@app.command()
 def report(
     run: Annotated[
         list[Path],

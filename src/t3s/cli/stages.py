@@ -1,64 +1,30 @@
-"""The `t3s` command line: one thin subcommand per stage over the library functions."""
+"""The stage commands: validate, probe, profile, select, export, train, rrt and run."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
-from t3s.errors import T3SError
-
-app = typer.Typer(
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    help="Training-Trajectory-Aware Token Selection for continual distillation of reasoning models.",
+from t3s.cli.console import console, out, print_testbed_result
+from t3s.cli.options import (
+    Data,
+    Device,
+    MaxLen,
+    Model,
+    Overlong,
+    Remote,
+    RunOpt,
+    TemplateOpt,
+    _pydantic,
+    _tokenize_config,
 )
-console = Console(stderr=True)
-out = Console()
-
-# -- shared options ------------------------------------------------------------------------------
-Model = Annotated[str, typer.Option("--model", "-m", help="student θ0: a transformers checkpoint directory")]
-Data = Annotated[
-    Path, typer.Option("--data", "-d", help="corpus: .jsonl, .parquet or a save_to_disk directory")
-]
-RunOpt = Annotated[Path, typer.Option("--run", "--out", "-o", help="run directory")]
-TemplateOpt = Annotated[str, typer.Option(help="prompt format: auto (chat template if any), chat, plain")]
-MaxLen = Annotated[int, typer.Option(help="maximum tokens per example")]
-Overlong = Annotated[str, typer.Option(help="responses beyond --max-length: error, truncate or drop")]
-Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")]
-Remote = Annotated[bool, typer.Option(help="allow custom model code from the checkpoint (off by default)")]
-
-
-def _tokenize_config(template: str, max_length: int, overlong: str) -> Any:
-    from t3s.tokens import TokenizeConfig
-
-    if template not in ("auto", "chat", "plain"):
-        raise T3SError(f"--template {template!r}: use auto, chat or plain")
-    if overlong not in ("error", "truncate", "drop"):
-        raise T3SError(f"--overlong {overlong!r}: use error, truncate or drop")
-    if max_length < 2:
-        raise T3SError(f"--max-length {max_length}: must be at least 2")
-    return TokenizeConfig(template=template, max_length=max_length, overlong=overlong)  # type: ignore[arg-type]
-
-
-def _pydantic(cls: Any, **values: Any) -> Any:
-    """Build a settings model, turning a validation error into one line that names the key."""
-    try:
-        return cls(**values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or cls.__name__
-        raise T3SError(f"{key}: {err['msg']}") from None
+from t3s.errors import T3SError
 
 
 # -- validate ------------------------------------------------------------------------------------
-@app.command()
 def validate(
     data: Data,
     model: Annotated[str | None, typer.Option("--model", "-m", help="also tokenize with this model")] = None,
@@ -102,7 +68,6 @@ def validate(
 
 
 # -- probe ---------------------------------------------------------------------------------------
-@app.command()
 def probe(
     model: Model,
     run: RunOpt,
@@ -228,7 +193,6 @@ def _parse_models(specs: list[str]) -> dict[str, str]:
     return models
 
 
-@app.command()
 def profile(
     run: Annotated[Path | None, typer.Option("--run", help="run directory with a finished probe")] = None,
     model: Annotated[
@@ -285,7 +249,6 @@ def profile(
 
 
 # -- select / export / train / rrt ---------------------------------------------------------------
-@app.command()
 def select(
     run: Annotated[Path, typer.Option("--run", help="run directory with a profile")],
     policy: Annotated[str, typer.Option(help="sft, t3s, inverse, static-high, static-low, random")],
@@ -328,7 +291,6 @@ def select(
     )
 
 
-@app.command()
 def export(
     run: Annotated[Path, typer.Option("--run", help="run directory")],
     policy: Annotated[str, typer.Option(help="masks name under RUN/masks")],
@@ -346,7 +308,6 @@ def export(
     )
 
 
-@app.command()
 def train(
     run: Annotated[Path, typer.Option("--run", help="run directory with masks")],
     policy: Annotated[str, typer.Option(help="masks name under RUN/masks")],
@@ -370,7 +331,6 @@ def train(
     )
 
 
-@app.command()
 def rrt(
     base: Annotated[Path, typer.Option("--base", help="θ0")],
     bottleneck: Annotated[
@@ -388,7 +348,6 @@ def rrt(
     out.print(f"RRT: {summary['tensors']} tensors -> {out_dir}", highlight=False)
 
 
-@app.command(name="run")
 def run_config(
     config: Annotated[Path, typer.Argument(help="YAML run configuration (see examples/)")],
 ) -> None:
@@ -402,39 +361,11 @@ def run_config(
     from t3s.pipeline import run_pipeline
 
     if config.exists() and "testbed" in (yaml.safe_load(config.read_text(encoding="utf-8")) or {}):
-        from t3s.cli_demo import print_result
         from t3s.testbed.config import load_testbed
         from t3s.testbed.runner import run_testbed
 
-        print_result(run_testbed(load_testbed(config)))
+        print_testbed_result(run_testbed(load_testbed(config)))
         return
     models = run_pipeline(load_config(config))
     for name, path in models.items():
         out.print(f"{name:>14}: {path}", highlight=False)
-
-
-# -- commands defined in their own modules (each registers on `app` when imported) ---------------
-# (one import line per module, below)
-import t3s.cli_analysis  # noqa: E402
-import t3s.cli_demo  # noqa: E402
-import t3s.cli_eval  # noqa: E402
-import t3s.cli_teacher  # noqa: E402, F401
-
-
-def main() -> None:
-    try:
-        app()
-    except T3SError as exc:
-        # Plain print: one line, never wrapped to the terminal width.
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted; run the same command again to resume")
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    # Under `python -m t3s.cli` this file is __main__; the command modules register on t3s.cli's app.
-    from t3s.cli import main as _main
-
-    _main()

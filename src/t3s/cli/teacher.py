@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from t3s.cli import Remote, TemplateOpt, _pydantic, app, console, out
+from t3s.cli.console import console, out
+from t3s.cli.options import Remote, TemplateOpt, _pydantic
 
 
 def _num(value: float | None, fmt: str = "{:.0f}") -> str:
@@ -47,7 +48,6 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-@app.command()
 def teacher(
     prompts: Annotated[
         Path,
@@ -130,7 +130,6 @@ def teacher(
     out.print(f"corpus -> {out_dir / 'corpus.jsonl'}", highlight=False)
 
 
-@app.command()
 def mix(
     run: Annotated[
         list[str], typer.Option("--run", help="[NAME=]RUN: a run built on one teacher's corpus (repeatable)")
