@@ -144,8 +144,14 @@ def test_cli_scores_a_run_trajectory(run_dir: Path, bench_file: Path) -> None:
         (["-m", "MODEL", "-o", "OUT", "--step", "2"], "--step and --policy select models of a run"),
         (["-m", "/nonexistent/model", "-o", "OUT"], "model '/nonexistent/model': no such directory"),
         (["-m", "MODEL", "-o", "OUT", "--samples", "2", "--temperature", "0"], "with temperature 0"),
-        (["-m", "MODEL", "-o", "OUT", "--template", "fancy"], "template 'fancy': use auto, chat or plain"),
-        (["-m", "MODEL", "-o", "OUT", "--backend", "tgi"], "backend 'tgi': use transformers or vllm"),
+        (
+            ["-m", "MODEL", "-o", "OUT", "--template", "fancy"],
+            "--template: Input should be 'auto', 'chat' or 'plain'",
+        ),
+        (
+            ["-m", "MODEL", "-o", "OUT", "--backend", "tgi"],
+            "--backend: Input should be 'transformers' or 'vllm'",
+        ),
         (
             ["-m", "MODEL", "-o", "OUT", "--verifier", "no_such_mod:f"],
             "verifier 'no_such_mod:f': cannot import",

@@ -11,7 +11,6 @@ by batch as the engine finishes them, so that a long call can be resumed.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -153,7 +152,7 @@ class EngineBackend:
             )
 
         n, seed = len(call[0].samples), self.options.seed(call, params)
-        call_params = dataclasses.replace(params, n=n, seed=seed)
+        call_params = params.model_copy(update={"n": n, "seed": seed})
         prompts = [self._token_ids(j.prompt) for j in call]
         if self.options.chunk is None:
             # An unchunked call is handed over batch by batch, so that a kill loses a batch, not the call.

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from t3s.errors import T3SError
+from t3s.config_file import Override, apply_overrides, read_mapping
+from t3s.errors import validation_error
 from t3s.probe import ProbeSettings
 from t3s.selection import SelectOptions
 from t3s.tokens import TokenizeConfig
@@ -20,31 +21,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TokenizeSettings(_Strict):
-    template: Literal["auto", "chat", "plain"] = "auto"
-    max_length: int = Field(4096, ge=2)
-    overlong: Literal["error", "truncate", "drop"] = "error"
-
-    def config(self) -> TokenizeConfig:
-        return TokenizeConfig(self.template, self.max_length, self.overlong)
-
-
 class CrossModel(_Strict):
     """Another model sharing the tokenizer, with its own θ0 and θb (cross-model selection)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
-    base: str
-    bottleneck: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$", description="the model's name in profile columns")
+    base: str = Field(description="its θ0")
+    bottleneck: str = Field(description="its θb")
 
 
 class ProfileSettings(_Strict):
-    steps: list[int] = Field(default_factory=list, description="extra probe checkpoints to score")
-    all_steps: bool = False
-    batch_tokens: int = Field(16384, ge=1)
-    chunk: int = Field(1024, ge=1)
-    device: str = "auto"
-    dtype: str = "auto"
-    cross_models: list[CrossModel] = Field(default_factory=list)
+    steps: list[int] = Field(default_factory=list, description="also score probe checkpoint K")
+    all_steps: bool = Field(False, description="score every probe checkpoint on disk")
+    batch_tokens: int = Field(16384, ge=1, description="padded tokens per forward pass")
+    chunk: int = Field(1024, ge=1, description="positions per output-layer chunk (memory O(chunk x vocab))")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    cross_models: list[CrossModel] = Field(
+        default_factory=list,
+        description="other models sharing the tokenizer, scored for cross-model selection",
+    )
 
 
 def _short_policies(value: Any) -> Any:
@@ -59,17 +54,21 @@ PolicyList = Annotated[list[SelectOptions], BeforeValidator(_short_policies)]
 
 
 class RunConfig(_Strict):
-    run_dir: Path
+    run_dir: Path = Field(description="the run directory")
     model: str = Field(description="the student θ0")
     data: Path = Field(description="the distillation corpus")
-    trust_remote_code: bool = False
-    tokenize: TokenizeSettings = Field(default_factory=TokenizeSettings)
-    recipe: TrainRecipe = Field(default_factory=TrainRecipe)
-    probe: ProbeSettings = Field(default_factory=ProbeSettings)
-    profile: ProfileSettings = Field(default_factory=ProfileSettings)
-    policies: PolicyList = Field(default_factory=lambda: [SelectOptions(policy="t3s")])
+    trust_remote_code: bool = Field(False, description="allow custom model code from the checkpoint")
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig, description="how examples are tokenized")
+    recipe: TrainRecipe = Field(
+        default_factory=TrainRecipe, description="the SFT recipe of probe and retraining"
+    )
+    probe: ProbeSettings = Field(default_factory=ProbeSettings, description="the probe and its θb search")
+    profile: ProfileSettings = Field(default_factory=ProfileSettings, description="the per-token profile")
+    policies: PolicyList = Field(
+        default_factory=lambda: [SelectOptions(policy="t3s")], description="the masks to select and train"
+    )
     save_every: int = Field(10, ge=1, description="resume checkpoints of each retraining")
-    rrt: bool = True
+    rrt: bool = Field(True, description="finish with Recovering Residual Transfer")
 
     @field_validator("model", "data", "run_dir", mode="before")
     @classmethod
@@ -77,25 +76,12 @@ class RunConfig(_Strict):
         return os.path.expanduser(value) if isinstance(value, str) else value
 
 
-def _location(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "config"
-
-
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read and validate a YAML config; an error names the file and the key."""
+def load_config(path: str | Path, overrides: Sequence[Override] = ()) -> RunConfig:
+    """Read and validate a YAML config; an error names the file and the key (or the overriding option)."""
     path = Path(path)
-    if not path.exists():
-        raise T3SError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise T3SError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise T3SError(f"{path}: expected a mapping of settings at the top level")
-    raw.update(overrides or {})
+    raw = read_mapping(path)
+    flags = apply_overrides(raw, overrides)
     try:
         return RunConfig(**raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise T3SError(f"{path}: {_location(err['loc'])}: {msg}") from None
+        raise validation_error(exc, source=path, flags=flags, root="config") from None

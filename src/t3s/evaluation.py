@@ -26,15 +26,17 @@ from __future__ import annotations
 import gc
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
 
 from t3s.backends import BackendOptions, BackendSpec, EngineBackend, Kind, chunk_seed, make_backend
 from t3s.data import Problem, PromptItem, _scan, parse_prompt_item
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, model_fingerprint
-from t3s.generation import Engine, SamplingParams
+from t3s.generation import Engine, SampledSettings
 from t3s.io import read_json, write_json, write_jsonl
 from t3s.metrics import problem_scores, summarize
 from t3s.rundir import RunDir
@@ -84,47 +86,43 @@ def load_bench(path: str | Path) -> Bench:
 
 
 # -- settings ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EvalSettings:
-    samples: int = 16
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_new_tokens: int = 32768
-    seed: int = 0
-    template: Template = "auto"
-    verifier: str = "math"
-    verify_timeout: float = 10.0
-    max_verifier_errors: float = 0.05  # the largest fraction of verdicts that may be verifier errors
-    backend: Literal["transformers", "vllm"] = "transformers"
-    batch_size: int = 4
-    chunk: int = 32
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
+class EvalSettings(SampledSettings):
+    """How `t3s eval` samples, verifies and generates."""
 
-    def __post_init__(self) -> None:
-        self.sampling()  # validates samples, temperature, top-p, max tokens
-        checks = {
-            "template": (self.template in ("auto", "chat", "plain"), "use auto, chat or plain"),
-            "backend": (self.backend in ("transformers", "vllm"), "use transformers or vllm"),
-            "batch size": (self.batch_size >= 1, "must be at least 1"),
-            "chunk": (self.chunk >= 1, "must be at least 1"),
-            "verify timeout": (self.verify_timeout > 0, "must be positive"),
-            "max verifier errors": (0 <= self.max_verifier_errors <= 1, "must be a fraction in [0, 1]"),
-        }
-        for name, (ok, hint) in checks.items():
-            if not ok:
-                raise T3SError(f"{name} {getattr(self, name.replace(' ', '_'))!r}: {hint}")
-
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.samples, self.temperature, self.top_p, self.max_new_tokens, self.seed)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    samples: int = Field(16, ge=1, description="samples per problem (n of avg@n, pass@k, maj@k)")
+    temperature: float = Field(0.6, ge=0, description="0 = greedy (then --samples 1)")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling: the probability mass kept")
+    max_new_tokens: int = Field(32768, ge=1, description="new tokens per sample; longer ones count as wrong")
+    seed: int = Field(0, description="the sampling seed")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="transformers or vllm")
+    verifier: str = Field("math", description="'math' (math-verify, last \\boxed{}) or module:function")
+    verify_timeout: float = Field(
+        10.0, gt=0, description="seconds per answer before it counts as a verifier error"
+    )
+    max_verifier_errors: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="fail when more of a model's verdicts are verifier errors (raised, timed out)",
+    )
+    template: Template = Field("auto", description="prompt format: auto (chat template if any), chat, plain")
+    batch_size: int = Field(
+        4, ge=1, description="transformers: prompts per generate call, each with --samples sequences"
+    )
+    chunk: int = Field(32, ge=1, description="problems generated between durable saves")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    trust_remote_code: bool = Field(
+        False, description="allow custom model code from the checkpoint (off by default)"
+    )
 
     def params_hash(self) -> str:
         """What decides the distribution of one sample (not how many are drawn, nor the backend)."""
         return digest("eval-sampling", self.temperature, self.top_p, self.max_new_tokens, self.seed)
 
     def sampling_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self.sampling()).items() if k != "n"}
+        return self.sampling().model_dump(exclude={"n"})
 
     def backend_kind(self) -> Kind:
         return "hf" if self.backend == "transformers" else "vllm"

@@ -16,9 +16,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
 from t3s.errors import T3SError
@@ -31,27 +32,49 @@ console = Console(stderr=True)
 ReasoningFormat = Literal["think-tags", "content-only"]
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    n: int = 1
-    temperature: float = 0.0  # 0 means greedy decoding
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    seed: int = 0
+def _distinct_samples(n: int, temperature: float) -> None:
+    """Refuse several samples per prompt at temperature 0: they would be one greedy answer repeated."""
+    if n > 1 and temperature == 0:
+        raise ValueError(f"{n} samples per prompt with temperature 0 would all be the same greedy answer")
 
-    def __post_init__(self) -> None:
-        if self.n < 1:
-            raise T3SError(f"samples must be at least 1, got {self.n}")
-        if self.temperature < 0:
-            raise T3SError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise T3SError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise T3SError(f"max new tokens must be at least 1, got {self.max_new_tokens}")
-        if self.n > 1 and self.temperature == 0:
-            raise T3SError(
-                f"{self.n} samples per prompt with temperature 0 would all be the same greedy answer"
-            )
+
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n: int = Field(1, ge=1, description="samples per prompt")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: the probability mass kept")
+    max_new_tokens: int = Field(1024, ge=1, description="new tokens per sample")
+    seed: int = Field(0, description="the sampling seed")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SamplingParams:
+        _distinct_samples(self.n, self.temperature)
+        return self
+
+
+class SampledSettings(BaseModel):
+    """A command's sampling settings: refused at once when they clash, turned into `SamplingParams`."""
+
+    if TYPE_CHECKING:  # declared, with defaults and help, by each subclass
+        samples: int
+        temperature: float
+        top_p: float
+        max_new_tokens: int
+        seed: int
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SampledSettings:
+        _distinct_samples(self.samples, self.temperature)
+        return self
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            n=self.samples,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+        )
 
 
 @dataclass(frozen=True)

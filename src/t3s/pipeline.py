@@ -32,7 +32,7 @@ def stages(cfg: RunConfig, run: RunDir, tokenizer: Any) -> Iterator[Stage]:
     from t3s.train import TrainStage
 
     remote = cfg.trust_remote_code
-    tok_cfg = cfg.tokenize.config()
+    tok_cfg = cfg.tokenize
     tokenize = TokenizeStage(cfg.data, tokenizer, tok_cfg)
     yield tokenize
     items = run.read_tokens()

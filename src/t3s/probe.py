@@ -28,7 +28,7 @@ from t3s.confidence import score
 from t3s.data import Example
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, model_fingerprint
-from t3s.generation import SamplingParams
+from t3s.generation import SampledSettings
 from t3s.io import append_jsonl, write_jsonl
 from t3s.rundir import RunDir
 from t3s.sampling import accuracy, check_verifier_errors, sample_and_verify
@@ -49,39 +49,43 @@ from t3s.training import (
 from t3s.verify import VerifierPool, load_verifier
 
 
-class ProbeEval(BaseModel):
+class ProbeEval(SampledSettings):
     """How training accuracy is measured at each evaluated checkpoint."""
 
     model_config = ConfigDict(extra="forbid")
-    every: int = Field(1, ge=1, description="evaluate every N optimizer steps")
-    prompts: int | None = Field(None, ge=1, description="a seeded subset of training prompts (default: all)")
-    samples: int = Field(1, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(1024, ge=1)
-    batch_size: int = Field(32, ge=1)
-    backend: Literal["transformers", "vllm"] = "transformers"
-    verifier: str = "math"
-    seed: int = 0
+    every: int = Field(1, ge=1, description="measure training accuracy every N steps")
+    prompts: int | None = Field(None, ge=1, description="seeded subset of training prompts (default: all)")
+    samples: int = Field(1, ge=1, description="samples per prompt")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: the probability mass kept")
+    max_new_tokens: int = Field(1024, ge=1, description="new tokens per sample")
+    batch_size: int = Field(32, ge=1, description="prompts per generation batch")
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="generation backend: transformers or vllm"
+    )
+    verifier: str = Field("math", description="'math' or module:function")
+    seed: int = Field(0, description="the sampling seed")
     loss: bool = Field(True, description="also the teacher-forced loss on the training subset")
     heldout: str | None = Field(
-        None, description="a benchmark (id, problem, answer) scored at each checkpoint too"
+        None, description="a benchmark (id, problem, answer) also scored per checkpoint"
     )
-    heldout_prompts: int | None = Field(None, ge=1, description="a seeded subset of the held-out benchmark")
+    heldout_prompts: int | None = Field(None, ge=1, description="seeded subset of the held-out benchmark")
     max_verifier_errors: float = Field(
-        0.05, ge=0, le=1, description="the probe stops when more verdicts of a checkpoint are verifier errors"
+        0.05,
+        ge=0,
+        le=1,
+        description="stop when more of a checkpoint's verdicts are verifier errors (fraction)",
     )
-
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.samples, self.temperature, self.top_p, self.max_new_tokens, self.seed)
 
 
 class ProbeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["online", "all"] = "online"
-    fixed_step: int | None = Field(None, ge=1, description="T3S-simple: θb is this step, no accuracy search")
-    keep_steps: list[int] = Field(default_factory=list, description="checkpoints kept in online mode too")
-    eval: ProbeEval = Field(default_factory=ProbeEval)
+    mode: Literal["online", "all"] = Field(
+        "online", description="online (θ0, latest, running min) or all checkpoints"
+    )
+    fixed_step: int | None = Field(None, ge=1, description="T3S-simple: θb = this step, no accuracy search")
+    keep_steps: list[int] = Field(default_factory=list, description="also keep this checkpoint (repeatable)")
+    eval: ProbeEval = Field(default_factory=ProbeEval, description="how training accuracy is measured")
 
 
 def choose_bottleneck(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -38,14 +38,16 @@ _BUDGETED = ("static-high", "static-low", "random")
 
 class SelectOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    policy: Policy
-    threshold: float = Field(0.0, ge=0, le=30, description="Δc above this marks an anchor (nats)")
-    selector: str = Field("bottleneck", description="profile column logprob_<selector> that plays θb")
-    fraction: float | None = Field(None, gt=0, lt=1, description="share of response tokens to drop")
-    match: Literal["t3s"] | None = Field(None, description="take the fraction t3s drops")
-    seed: int = 0
-    profile: str | None = Field(None, description="a profile made by another model with the same tokenizer")
-    name: str | None = None
+    policy: Policy = Field(description="sft, t3s, inverse, static-high, static-low, random")
+    threshold: float = Field(0.0, ge=0, le=30, description="anchors: Δc > threshold (nats)")
+    selector: str = Field("bottleneck", description="profile column playing θb: bottleneck, stepK, ...")
+    fraction: float | None = Field(
+        None, gt=0, lt=1, description="static/random: share of response tokens dropped"
+    )
+    match: Literal["t3s"] | None = Field(None, description="static/random: 't3s' drops the share t3s drops")
+    seed: int = Field(0, description="random policy seed")
+    profile: str | None = Field(None, description="cross-model: a profile made by another model")
+    name: str | None = Field(None, description="output name under RUN/masks (default: from the policy)")
 
     @model_validator(mode="after")
     def _check(self) -> SelectOptions:

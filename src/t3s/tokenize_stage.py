@@ -47,11 +47,11 @@ class TokenizeStage(Stage):
         run.check_fingerprint("data", fps["data"], f"corpus {self.source}")
         run.check_fingerprint("tokenizer", fps["tokenizer"], "the model's tokenizer")
         run.check_fingerprint(
-            "tokenize_config", fps["tokenize_config"], f"tokenization settings {asdict(self.config)}"
+            "tokenize_config", fps["tokenize_config"], f"tokenization settings {self.config.model_dump()}"
         )
         if attempt.main:
             run.record_fingerprints(**fps)
-        return {"config": asdict(self.config)}
+        return {"config": self.config.model_dump()}
 
     def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
         items, stats = tokenize_corpus(self.tokenizer, self.examples, self.config)

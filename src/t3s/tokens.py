@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
 
 from t3s.data import Example, Prompt
 from t3s.errors import T3SError
@@ -24,14 +25,16 @@ Template = Literal["auto", "chat", "plain"]
 Overlong = Literal["error", "truncate", "drop"]
 
 
-@dataclass(frozen=True)
-class TokenizeConfig:
-    template: Template = "auto"
-    max_length: int = 4096
-    overlong: Overlong = "error"
+class TokenizeConfig(BaseModel):
+    """How examples become token ids; part of a run's identity (`fingerprint`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    template: Template = Field("auto", description="prompt format: auto (chat template if any), chat, plain")
+    max_length: int = Field(4096, ge=2, description="maximum tokens per example")
+    overlong: Overlong = Field("error", description="responses beyond --max-length: error, truncate or drop")
 
     def fingerprint(self) -> str:
-        return digest(asdict(self))
+        return digest(self.model_dump())
 
 
 @dataclass(frozen=True)

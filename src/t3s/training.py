@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from t3s.errors import T3SError
 from t3s.tokens import TokenizedExample
@@ -34,11 +34,26 @@ _log = logging.getLogger(__name__)
 
 class LoraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | str = "all-linear"
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int | None = Field(None, ge=1, description="LoRA scaling α (default: 2·r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA inputs")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="the modules adapted: all-linear, or module names (repeatable)"
+    )
     layers: list[int] | None = Field(None, description="adapt only these decoder layers (all by default)")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _shorthand(cls, value: list[str] | str) -> list[str] | str:
+        # PEFT reads all-linear only as a string; `--lora-target-modules all-linear` gives a list.
+        return "all-linear" if value == ["all-linear"] else value
+
+    @model_validator(mode="after")
+    def _alpha(self) -> LoraSettings:
+        # Set here, not left None, so that the recipe's dump (fingerprint, manifest) holds the value used.
+        if self.alpha is None:
+            self.alpha = 2 * self.r
+        return self
 
 
 class TrainRecipe(BaseModel):
@@ -46,24 +61,28 @@ class TrainRecipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     steps: int = Field(50, ge=1, description="optimizer steps")
-    batch_size: int = Field(64, ge=1, description="global batch size in examples")
-    micro_batch_size: int = Field(8, ge=1, description="examples per device per forward pass")
-    lr: float = Field(1e-5, gt=0)
-    scheduler: str = "constant_with_warmup"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.95, ge=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = 42
-    lora: LoraSettings | None = None
-    freeze_embeddings: bool = False
+    batch_size: int = Field(64, ge=1, description="global batch size")
+    micro_batch_size: int = Field(8, ge=1, description="per-device batch size")
+    lr: float = Field(1e-5, gt=0, description="learning rate")
+    scheduler: str = Field("constant_with_warmup", description="transformers lr scheduler name")
+    warmup_steps: int = Field(0, ge=0, description="learning-rate warmup steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW β1")
+    adam_beta2: float = Field(0.95, ge=0, lt=1, description="AdamW β2")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping: the largest global norm")
+    seed: int = Field(42, description="training seed (data order, adapter initialisation)")
+    lora: LoraSettings | None = Field(None, description="train LoRA adapters (peft) instead of all weights")
+    freeze_embeddings: bool = Field(False, description="freeze the input embeddings")
     freeze_layers: int = Field(0, ge=0, description="freeze the lowest N decoder layers")
-    gradient_checkpointing: bool = False
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    report_to: list[str] = Field(default_factory=list)
-    optim: str = "adamw_torch"
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
+    param_dtype: Literal["float32", "bfloat16"] = Field("float32", description="dtype of the trained weights")
+    mixed_precision: Literal["auto", "no", "bf16"] = Field(
+        "auto", description="bf16 autocast: auto (on CUDA), no or bf16"
+    )
+    report_to: list[str] = Field(
+        default_factory=list, description="HF Trainer report_to (wandb, tensorboard, ...)"
+    )
+    optim: str = Field("adamw_torch", description="HF Trainer optimizer name")
 
     @model_validator(mode="after")
     def _check(self) -> TrainRecipe:

@@ -27,25 +27,37 @@ from t3s.rundir import RunDir, read_profile
 
 class AnalysisOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    threshold: float = Field(0.0, description="anchors: Δc > threshold")
-    compare: Path | None = Field(None, description="groups: a run (or profile) trained with anchors masked")
+    threshold: float = Field(0.0, description="anchors are tokens with Δc > threshold")
+    compare: Path | None = Field(
+        None,
+        description="groups: a run directory or profile .parquet scoring checkpoints of a run trained with "
+        "anchors masked ('train the other tokens only'), same examples; read with this run's anchors",
+    )
     examples: int = Field(32, ge=1, description="examples sampled for the model-side analyses")
     max_tokens: int = Field(512, ge=2, description="tokens kept per sampled example")
     batch_tokens: int = Field(4096, ge=1, description="padded tokens per forward pass")
     chunk: int = Field(1024, ge=1, description="positions per output-layer chunk")
-    steps: list[int] = Field(default_factory=list, description="checkpoints to use (default: all on disk)")
-    params: str | None = Field(None, description="regex of the parameters that take gradients (default all)")
-    lr: float = Field(1e-5, gt=0, description="intervention and transfer learning rate")
-    rule: Literal["adam", "sgd"] = "adam"
-    transfer_steps: int = Field(5, ge=1)
-    top: int = Field(100, ge=1)
-    min_count: int = Field(3, ge=1)
-    sketch_dim: int = Field(256, ge=2)
+    steps: list[int] = Field(
+        default_factory=list, description="analyse this checkpoint only (repeatable; default all)"
+    )
+    params: str | None = Field(
+        None, description="regex of parameter names that take gradients (default: all)"
+    )
+    lr: float = Field(1e-5, gt=0, description="learning rate of the intervention step and transfer runs")
+    rule: Literal["adam", "sgd"] = Field(
+        "adam", description="intervention step: adam (a fresh AdamW's first step) or sgd"
+    )
+    transfer_steps: int = Field(5, ge=1, description="optimizer steps per subset in the transfer matrix")
+    top: int = Field(100, ge=1, description="tokens listed per table")
+    min_count: int = Field(3, ge=1, description="occurrences a token needs to be ranked")
+    sketch_dim: int = Field(256, ge=2, description="dimensions of the token-gradient sketches")
     sketch_checkpoint: str = Field("base", description="base, bottleneck or stepK")
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    trust_remote_code: bool = False
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, ...")
+    dtype: str = Field(
+        "auto", description="auto: bf16 on GPU (float32 for intervention, transfer), float32 on CPU"
+    )
+    seed: int = Field(0, description="seed of the sampled examples and the gradient sketches")
+    trust_remote_code: bool = Field(False, description="allow custom model code from checkpoints")
 
 
 def _json_safe(value: Any) -> Any:

@@ -1,17 +1,21 @@
 """The `t3s` Typer app: every command registered here, explicitly, and `main`.
 
-Command modules define plain functions and never import this module or each other, so the
-registration order below is the order of `t3s --help`.
+Command modules define plain functions and never import this module or each other; a parameter
+annotated with a settings model (`FromModel`) is spread into one option per setting by
+`settings_command`. The order below is the order of `t3s --help`.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
 from t3s.cli import analysis, demo, evaluate, stages, teacher
 from t3s.cli.console import console
+from t3s.cli.model_options import settings_command
 from t3s.errors import T3SError
 
 app = typer.Typer(
@@ -21,20 +25,25 @@ app = typer.Typer(
     help="Training-Trajectory-Aware Token Selection for continual distillation of reasoning models.",
 )
 
-app.command()(stages.validate)
-app.command()(stages.probe)
-app.command()(stages.profile)
-app.command()(stages.select)
-app.command()(stages.export)
-app.command()(stages.train)
-app.command()(stages.rrt)
-app.command(name="run")(stages.run_config)
-app.command()(analysis.analyze)
-app.command()(analysis.report)
-app.command()(demo.demo)
-app.command(name="eval")(evaluate.eval_command)
-app.command()(teacher.teacher)
-app.command()(teacher.mix)
+
+def _register(func: Callable[..., Any], name: str | None = None) -> None:
+    app.command(name=name)(settings_command(func))
+
+
+_register(stages.validate)
+_register(stages.probe)
+_register(stages.profile)
+_register(stages.select)
+_register(stages.export)
+_register(stages.train)
+_register(stages.rrt)
+_register(stages.run_config, "run")
+_register(analysis.analyze)
+_register(analysis.report)
+_register(demo.demo)
+_register(evaluate.eval_command, "eval")
+_register(teacher.teacher)
+_register(teacher.mix)
 
 
 def main() -> None:

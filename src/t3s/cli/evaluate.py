@@ -9,8 +9,14 @@ import typer
 from rich.table import Table
 
 from t3s.cli.console import console, out
-from t3s.cli.options import Device, Remote
+from t3s.cli.model_options import FromModel
 from t3s.errors import T3SError
+from t3s.evaluation import EvalSettings
+
+EVAL_SETTINGS = FromModel(
+    rename={"max_new_tokens": "--max-tokens"},
+    help={"template": "auto, chat or plain; with --run, the run's own unless given"},
+)
 
 
 def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
@@ -83,34 +89,8 @@ def eval_command(
             "(policy-<name>.json and policies.jsonl)"
         ),
     ] = None,
-    samples: Annotated[int, typer.Option(help="samples per problem (n of avg@n, pass@k, maj@k)")] = 16,
-    temperature: Annotated[float, typer.Option(help="0 = greedy (then --samples 1)")] = 0.6,
-    top_p: float = 0.95,
-    max_tokens: Annotated[
-        int, typer.Option(help="new tokens per sample; longer ones count as wrong")
-    ] = 32768,
-    seed: int = 0,
-    backend: Annotated[str, typer.Option(help="transformers or vllm")] = "transformers",
-    verifier: Annotated[
-        str, typer.Option(help="'math' (math-verify, last \\boxed{}) or module:function")
-    ] = "math",
-    verify_timeout: Annotated[
-        float, typer.Option(help="seconds per answer before it counts as a verifier error")
-    ] = 10.0,
-    max_verifier_errors: Annotated[
-        float,
-        typer.Option(help="fail when more of a model's verdicts are verifier errors (raised, timed out)"),
-    ] = 0.05,
-    template: Annotated[
-        str | None, typer.Option(help="auto, chat or plain (default: the run's own with --run, else auto)")
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option(help="transformers: prompts per generate call, each with --samples sequences")
-    ] = 4,
-    chunk: Annotated[int, typer.Option(help="problems generated between durable saves")] = 32,
-    device: Device = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")] = "auto",
-    trust_remote_code: Remote = False,
+    *,
+    settings: Annotated[EvalSettings, EVAL_SETTINGS],
 ) -> None:
     """Score a model on a benchmark: avg@n, pass@k (unbiased), maj@k ± standard error, generated tokens.
 
@@ -118,7 +98,7 @@ def eval_command(
 
     Samples are saved as they are produced: after a kill, the same command generates only what is missing. Other models or sampling settings fill their own key space in the same samples file.
     """
-    from t3s.evaluation import EvalSettings, evaluate, evaluate_run, load_bench, run_template
+    from t3s.evaluation import evaluate, evaluate_run, load_bench, run_template
     from t3s.rundir import RunDir
 
     if (model is None) == (run is None):
@@ -131,23 +111,8 @@ def eval_command(
         raise T3SError("--step and --policy select models of a run; use them with --run")
     if step and policy:
         raise T3SError("--step selects probe checkpoints, --policy trained models; pass one of them")
-    settings = EvalSettings(
-        samples=samples,
-        temperature=temperature,
-        top_p=top_p,
-        max_new_tokens=max_tokens,
-        seed=seed,
-        template=template or (run_template(RunDir(run)) if run is not None else "auto"),  # type: ignore[arg-type]
-        verifier=verifier,
-        verify_timeout=verify_timeout,
-        max_verifier_errors=max_verifier_errors,
-        backend=backend,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        chunk=chunk,
-        device=device,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-    )
+    if run is not None and "template" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"template": run_template(RunDir(run))})
     data = load_bench(bench)
     if model is not None:
         assert out_path is not None

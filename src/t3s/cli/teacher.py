@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from t3s.cli.console import console, out
-from t3s.cli.options import Remote, TemplateOpt, _pydantic
+from t3s.cli.model_options import FromModel
+from t3s.teacher.collect import TeacherSettings
 
 
 def _num(value: float | None, fmt: str = "{:.0f}") -> str:
@@ -74,49 +75,13 @@ def teacher(
             help="[NAME=]VAR: the environment variable holding the API key (default OPENAI_API_KEY)"
         ),
     ] = None,
-    samples: Annotated[int, typer.Option(help="samples per prompt and teacher")] = 16,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    max_tokens: Annotated[int, typer.Option(help="new tokens per sample")] = 32768,
-    seed: int = 0,
-    reasoning_format: Annotated[
-        str,
-        typer.Option(help="think-tags: <think>reasoning</think> then the answer; content-only: the answer"),
-    ] = "think-tags",
-    verifier: Annotated[str, typer.Option(help="'math' (math-verify) or module:function")] = "math",
-    verify_timeout: Annotated[float, typer.Option(help="seconds per answer")] = 10.0,
-    max_verifier_errors: Annotated[
-        float, typer.Option(help="stop when more of a teacher's verdicts are verifier errors (fraction)")
-    ] = 0.05,
-    concurrency: Annotated[int, typer.Option(help="requests in flight per endpoint")] = 16,
-    timeout: Annotated[float, typer.Option(help="seconds per request")] = 3600.0,
-    retries: Annotated[int, typer.Option(help="retries on 429, 5xx and connection errors, with backoff")] = 8,
-    batch_size: Annotated[int, typer.Option(help="prompts per generate call (vllm:, hf:)")] = 32,
-    template: TemplateOpt = "auto",
-    trust_remote_code: Remote = False,
+    *,
+    settings: Annotated[TeacherSettings, FromModel()],
 ) -> None:
     """Sample k traces per prompt from each teacher, verify them, keep one correct trace per prompt."""
-    from t3s.teacher.collect import TeacherSettings, collect_traces
+    from t3s.teacher.collect import collect_traces
     from t3s.teacher.specs import parse_teachers
 
-    settings = _pydantic(
-        TeacherSettings,
-        samples=samples,
-        temperature=temperature,
-        top_p=top_p,
-        max_tokens=max_tokens,
-        seed=seed,
-        reasoning_format=reasoning_format,
-        verifier=verifier,
-        verify_timeout=verify_timeout,
-        max_verifier_errors=max_verifier_errors,
-        concurrency=concurrency,
-        timeout=timeout,
-        retries=retries,
-        batch_size=batch_size,
-        template=template,
-        trust_remote_code=trust_remote_code,
-    )
     specs = parse_teachers(teacher, teacher_model or [], api_key_env or [])
     summary = collect_traces(prompts, specs, out_dir, settings)
     console.print(_summary_table(summary))

@@ -32,46 +32,61 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from t3s.backends import BackendOptions, BackendSpec, make_backend
 from t3s.data import Example, PromptItem, load_prompts, write_corpus
 from t3s.errors import T3SError
 from t3s.fingerprint import digest
-from t3s.generation import Backend, Completion, Job, ReasoningFormat, SamplingParams, sample_seed
+from t3s.generation import (
+    Backend,
+    Completion,
+    Job,
+    ReasoningFormat,
+    SampledSettings,
+    SamplingParams,
+    sample_seed,
+)
 from t3s.io import write_json
 from t3s.progress import Bar, bar
 from t3s.sampling import SampleRecord, check_verifier_errors, verify_samples
 from t3s.store import SampleStore
+from t3s.tokens import Template
 from t3s.verify import VerifierPool, VerifyFn, load_verifier
 
 
-class TeacherSettings(BaseModel):
+class TeacherSettings(SampledSettings):
     """Sampling, verification and transport settings shared by every teacher of one command."""
 
     model_config = ConfigDict(extra="forbid")
     samples: int = Field(16, ge=1, description="samples per prompt and teacher")
-    temperature: float = Field(0.6, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
+    temperature: float = Field(0.6, ge=0, description="sampling temperature")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling: the probability mass kept")
     max_tokens: int = Field(32768, ge=1, description="new tokens per sample")
-    seed: int = 0
-    reasoning_format: ReasoningFormat = "think-tags"
-    verifier: str = "math"
+    seed: int = Field(0, description="the sampling seed")
+    reasoning_format: ReasoningFormat = Field(
+        "think-tags",
+        description="think-tags: <think>reasoning</think> then the answer; content-only: the answer",
+    )
+    verifier: str = Field("math", description="'math' (math-verify) or module:function")
     verify_timeout: float = Field(10.0, gt=0, description="seconds per answer")
     max_verifier_errors: float = Field(
-        0.05, ge=0, le=1, description="stop when more of a teacher's verdicts are verifier errors"
+        0.05, ge=0, le=1, description="stop when more of a teacher's verdicts are verifier errors (fraction)"
     )
     concurrency: int = Field(16, ge=1, description="requests in flight per endpoint")
     timeout: float = Field(3600.0, gt=0, description="seconds per request")
-    retries: int = Field(8, ge=0, description="retries of a request on 429, 5xx and connection errors")
-    batch_size: int = Field(32, ge=1, description="prompts per generate call (offline backends)")
-    template: Literal["auto", "chat", "plain"] = "auto"
-    trust_remote_code: bool = False
+    retries: int = Field(8, ge=0, description="retries on 429, 5xx and connection errors, with backoff")
+    batch_size: int = Field(32, ge=1, description="prompts per generate call (vllm:, hf:)")
+    template: Template = Field("auto", description="prompt format: auto (chat template if any), chat, plain")
+    trust_remote_code: bool = Field(
+        False, description="allow custom model code from the checkpoint (off by default)"
+    )
 
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.samples, self.temperature, self.top_p, self.max_tokens, self.seed)
+    @property
+    def max_new_tokens(self) -> int:  # the name SampledSettings.sampling reads; the setting is max_tokens
+        return self.max_tokens
 
     def backend_options(self, teacher: str) -> BackendOptions:
         return BackendOptions(

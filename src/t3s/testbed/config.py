@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from t3s.errors import T3SError
+from t3s.config_file import Override, apply_overrides, read_mapping
+from t3s.errors import T3SError, validation_error
 from t3s.testbed.runner import TestbedConfig
 
 
@@ -16,18 +16,16 @@ def testbed_default(run_dir: Path) -> TestbedConfig:
     return TestbedConfig(run_dir=run_dir)
 
 
-def from_mapping(raw: dict[str, Any], where: str) -> TestbedConfig:
-    try:
-        return TestbedConfig(**raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "testbed"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise T3SError(f"{where}: testbed.{key}: {msg}") from None
-
-
-def load_testbed(path: Path) -> TestbedConfig:
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(raw, dict) or not isinstance(raw.get("testbed"), dict):
+def load_testbed(path: Path, overrides: Sequence[Override] = ()) -> TestbedConfig:
+    """Read and validate a testbed YAML; overrides address the document, e.g. `testbed.eval_every`."""
+    raw = read_mapping(Path(path))
+    for override in overrides:
+        if override.path[0] != "testbed":
+            raise T3SError(f"{override.flag}: a testbed config's settings are under testbed.")
+    flags = apply_overrides(raw, overrides)
+    if not isinstance(raw.get("testbed"), dict):
         raise T3SError(f"{path}: a testbed config has a top-level 'testbed:' mapping")
-    return from_mapping(raw["testbed"], str(path))
+    try:
+        return TestbedConfig(**raw["testbed"])
+    except ValidationError as exc:
+        raise validation_error(exc, source=path, prefix=("testbed",), flags=flags) from None

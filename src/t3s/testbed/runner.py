@@ -116,7 +116,8 @@ def teacher_corpus(cfg: TestbedConfig, prompts: Path, root: Path) -> Path:
 
 
 def run_config(cfg: TestbedConfig, student: str, corpus: Path, curve: Path, root: Path, seed: int) -> Any:
-    from t3s.config import CrossModel, ProfileSettings, RunConfig, TokenizeSettings
+    from t3s.config import CrossModel, ProfileSettings, RunConfig
+    from t3s.tokens import TokenizeConfig
 
     # With policies to train, the final checkpoint is scored too: persistent drops, token-group curves.
     profile_steps = sorted({*cfg.profile_steps, cfg.recipe.steps}) if cfg.policies else cfg.profile_steps
@@ -136,7 +137,7 @@ def run_config(cfg: TestbedConfig, student: str, corpus: Path, curve: Path, root
         run_dir=root,
         model=student,
         data=corpus,
-        tokenize=TokenizeSettings(template="plain", max_length=160),
+        tokenize=TokenizeConfig(template="plain", max_length=160),
         recipe=cfg.recipe.model_copy(update={"seed": seed}),
         probe=probe,
         profile=ProfileSettings(steps=profile_steps, cross_models=cross),
