@@ -220,14 +220,16 @@ def test_resume_after_a_kill_generates_only_what_is_missing(
 
     # More samples: only samples 4..7, drawn with a seed of their own.
     seeds = {seed for _, _, seed in backend.calls}
-    more, (extra,) = run_fake(tiny_model, tokenizer, bench, replace(cfg, samples=8, chunk=8), out)
+    more, (extra,) = run_fake(
+        tiny_model, tokenizer, bench, cfg.model_copy(update={"samples": 8, "chunk": 8}), out
+    )
     assert extra.calls == [(["1+1", "2+2", "3+3"], 4, extra.calls[0][2])]
     assert extra.calls[0][2] not in seeds
     assert more["generated"] == 12 and more["samples"] == 8
     assert sorted(r["sample"] for r in lines(samples) if r["id"] == "q1") == list(range(8))
 
     # Other sampling parameters: a key space of their own in the same file.
-    other, _ = run_fake(tiny_model, tokenizer, bench, replace(cfg, temperature=1.0), out)
+    other, _ = run_fake(tiny_model, tokenizer, bench, cfg.model_copy(update={"temperature": 1.0}), out)
     assert other["generated"] == 12 and other["params_hash"] != summary["params_hash"]
     assert len(lines(samples)) == 24 + 12
 
