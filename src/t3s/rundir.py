@@ -157,6 +157,15 @@ class RunDir:
         return self.root / "testbed"
 
     @property
+    def testbed_gate(self) -> Path:
+        return self.testbed_dir / "gate.json"
+
+    @property
+    def testbed_summary(self) -> Path:
+        """A testbed seed's results; a run that holds one is a testbed run (see `t3s.report`)."""
+        return self.testbed_dir / "summary.json"
+
+    @property
     def report_dir(self) -> Path:
         return self.root / "report"
 

@@ -218,7 +218,7 @@ def run_seed(cfg: TestbedConfig, seed: int, root: Path) -> dict[str, Any]:
     models = run_pipeline(run_config(cfg, student, corpus, paths["curve"], root, seed))
     tokenizer = load_tokenizer(student)
     final = score_models(cfg, models, paths["heldout"], root, tokenizer)
-    gate_path = RunDir(root).testbed_dir / "gate.json"
+    gate_path = RunDir(root).testbed_gate
     if gate_path.exists():
         gate = read_json(gate_path)
     else:
@@ -235,7 +235,7 @@ def run_seed(cfg: TestbedConfig, seed: int, root: Path) -> dict[str, Any]:
         "bottleneck": RunDir(root).bottleneck(),
         "config": json.loads(cfg.model_dump_json()), "seconds": round(time.time() - start, 1),
     }  # fmt: skip
-    write_json(RunDir(root).testbed_dir / "summary.json", summary)
+    write_json(RunDir(root).testbed_summary, summary)
     return summary
 
 
@@ -256,7 +256,6 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 def run_testbed(cfg: TestbedConfig) -> dict[str, Any]:
     """Every seed in its own run directory (RUN/seed-K with several seeds), then the report."""
     from t3s.report import build_report
-    from t3s.testbed import report_sections  # noqa: F401  (registers the testbed's sections)
 
     single = len(cfg.seeds) == 1
     roots = [cfg.run_dir if single else cfg.run_dir / f"seed-{s}" for s in cfg.seeds]
