@@ -16,13 +16,18 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rich.console import Console
 
 from t3s.analysis import artifacts, groups, plots, shock, tokens
 from t3s.analysis.artifacts import Profile
 from t3s.errors import T3SError
+from t3s.fingerprint import digest
 from t3s.io import write_json, write_parquet, write_text
 from t3s.rundir import RunDir, read_profile
+from t3s.stage import Attempt, Stage
+
+console = Console(stderr=True)
 
 
 class AnalysisOptions(BaseModel):
@@ -333,14 +338,22 @@ ANALYSES: dict[str, Callable[[Context], dict[str, Any]]] = {
 }
 
 
-def parse_names(what: str) -> list[str]:
-    names = [n.strip() for n in what.split(",") if n.strip()]
+def analysis_names(names: list[str]) -> list[str]:
+    """`names`, every analysis for `[all]`; a ValueError names what exists when one does not."""
     if names == ["all"]:
         return list(ANALYSES)
-    unknown = [n for n in names if n not in ANALYSES]
-    if unknown or not names:
-        raise T3SError(f"--what {what!r}: use all or a comma-separated list of {', '.join(ANALYSES)}")
+    if not names or any(n not in ANALYSES for n in names):
+        raise ValueError(f"use all or a list of {', '.join(ANALYSES)}")
     return names
+
+
+def parse_names(what: str) -> list[str]:
+    try:
+        return analysis_names([n.strip() for n in what.split(",") if n.strip()])
+    except ValueError:
+        raise T3SError(
+            f"--what {what!r}: use all or a comma-separated list of {', '.join(ANALYSES)}"
+        ) from None
 
 
 def analyze(
@@ -368,3 +381,47 @@ def analyze(
         if on_result is not None:
             on_result(name, results[name])
     return results
+
+
+class AnalyzeSettings(AnalysisOptions):
+    """A run config's `analyze`: which analyses run after the chain, with `t3s analyze`'s options."""
+
+    what: list[str] = Field(
+        default_factory=lambda: ["all"], validate_default=True, description="the analyses; all: every one"
+    )
+
+    @field_validator("what")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        return analysis_names(names)
+
+
+class AnalyzeStage(Stage):
+    """The analyses of a run into RUN/analysis/, on the main process; one whose inputs the run lacks
+    is skipped (the reason recorded), not an error at the end of a long chain.
+
+    Never skipped as a stage: the analyses read most of the run's artifacts, which no one
+    fingerprint covers, and each rewrites its own files.
+    """
+
+    name = "analyze"
+    skippable = False
+
+    def __init__(self, settings: AnalyzeSettings) -> None:
+        self.settings = settings
+
+    def fingerprint(self, run: RunDir) -> str:
+        return digest(self.settings.model_dump(mode="json"))
+
+    def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        if not attempt.main:  # one process writes RUN/analysis/
+            return {}
+        results = analyze(
+            run.root, self.settings.what, self.settings, skip_missing=True, on_result=_say_skipped
+        )
+        return {"summary": _json_safe(results)}
+
+
+def _say_skipped(name: str, result: dict[str, Any]) -> None:
+    if "skipped" in result:
+        console.print(f"analysis {name} skipped: {result['skipped']}", highlight=False, soft_wrap=True)
