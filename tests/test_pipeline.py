@@ -138,14 +138,22 @@ def test_eval_analyze_and_report_end_the_chain(
     assert "## Evaluation" in md and "## Token groups (Δc at θb)" in md
 
 
-def test_an_eval_section_prompts_as_the_run_was_tokenized() -> None:
+def test_eval_sections_prompt_as_the_run_was_tokenized_and_name_its_models(tmp_path: Path, monkeypatch) -> None:
     from t3s.config import RunConfig
+    from t3s.pipeline import run_pipeline
+
+    monkeypatch.chdir(tmp_path)
 
     base = {"run_dir": "r", "model": "m", "data": "d", "tokenize": {"template": "plain"}}
     cfg = RunConfig(**base, eval=[{"bench": "b"}, {"bench": "b", "settings": {"template": "chat"}}])
     assert [e.settings.template for e in cfg.eval] == ["plain", "chat"]
     assert RunConfig(**{**base, "tokenize": {}}, eval=[{"bench": "b"}]).eval[0].settings.template == "auto"
     assert RunConfig(**base).eval == [] and RunConfig(**base).analyze is None and not RunConfig(**base).report
+    typo = RunConfig(**base, rrt=False, eval=[{"bench": "b", "models": ["sft", "t3z"]}])
+    with pytest.raises(
+        T3SError, match=r"eval b: this run makes no model \['t3z'\] \(it makes base, sft, t3s\)"
+    ):
+        run_pipeline(typo)  # before any stage runs
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

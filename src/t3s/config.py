@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from t3s.analysis.runner import AnalyzeSettings
+from t3s.analysis.options import AnalyzeSettings
 from t3s.errors import T3SError
 from t3s.evaluation import EvalSettings
 from t3s.probe import ProbeSettings

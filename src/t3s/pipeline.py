@@ -118,6 +118,13 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         check_rrt_inputs(cfg.model, cfg.recipe, trust_remote_code=cfg.trust_remote_code)
     run = RunDir(cfg.run_dir)
     policies = policy_options(cfg, run)  # a policy naming no cross model is refused before the first stage
+    made = model_names(cfg, policies)
+    for section in cfg.eval:  # and so is an evaluation of a model the chain does not make
+        unknown = [] if section.models == "all" else [m for m in section.models if m not in made]
+        if unknown:
+            raise T3SError(
+                f"eval {section.bench}: this run makes no model {unknown} (it makes {', '.join(made)})"
+            )
     main = processes().is_main_process
     if main:
         run.record("config", cfg.model_dump(mode="json"))
@@ -125,7 +132,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     for stage in stages(cfg, run, tokenizer):
         console.rule(stage.name)
         execute(run, stage)
-    models = {name: run.model(name) for name in model_names(cfg, policies)}
+    models = {name: run.model(name) for name in made}
     if main:
         run.record("models", models)
         if cfg.report:

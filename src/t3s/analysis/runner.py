@@ -12,15 +12,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 
 from t3s.analysis import artifacts, groups, plots, shock, tokens
 from t3s.analysis.artifacts import Profile
+from t3s.analysis.options import NAMES, AnalysisOptions, AnalyzeSettings, analysis_names
 from t3s.errors import T3SError
 from t3s.fingerprint import digest
 from t3s.io import write_json, write_parquet, write_text
@@ -28,29 +28,6 @@ from t3s.rundir import RunDir, read_profile
 from t3s.stage import Attempt, Stage
 
 console = Console(stderr=True)
-
-
-class AnalysisOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    threshold: float = Field(0.0, description="anchors: Δc > threshold")
-    compare: Path | None = Field(None, description="groups: a run (or profile) trained with anchors masked")
-    examples: int = Field(32, ge=1, description="examples sampled for the model-side analyses")
-    max_tokens: int = Field(512, ge=2, description="tokens kept per sampled example")
-    batch_tokens: int = Field(4096, ge=1, description="padded tokens per forward pass")
-    chunk: int = Field(1024, ge=1, description="positions per output-layer chunk")
-    steps: list[int] = Field(default_factory=list, description="checkpoints to use (default: all on disk)")
-    params: str | None = Field(None, description="regex of the parameters that take gradients (default all)")
-    lr: float = Field(1e-5, gt=0, description="intervention and transfer learning rate")
-    rule: Literal["adam", "sgd"] = "adam"
-    transfer_steps: int = Field(5, ge=1)
-    top: int = Field(100, ge=1)
-    min_count: int = Field(3, ge=1)
-    sketch_dim: int = Field(256, ge=2)
-    sketch_checkpoint: str = Field("base", description="base, bottleneck or stepK")
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    trust_remote_code: bool = False
 
 
 def _json_safe(value: Any) -> Any:
@@ -326,25 +303,9 @@ def run_separability(ctx: Context) -> dict[str, Any]:
     }
 
 
-ANALYSES: dict[str, Callable[[Context], dict[str, Any]]] = {
-    "shock": run_shock,
-    "groups": run_groups,
-    "drops": run_drops,
-    "tokens": run_tokens,
-    "intervention": run_intervention,
-    "gradients": run_gradients,
-    "transfer": run_transfer,
-    "separability": run_separability,
-}
-
-
-def analysis_names(names: list[str]) -> list[str]:
-    """`names`, every analysis for `[all]`; a ValueError names what exists when one does not."""
-    if names == ["all"]:
-        return list(ANALYSES)
-    if not names or any(n not in ANALYSES for n in names):
-        raise ValueError(f"use all or a list of {', '.join(ANALYSES)}")
-    return names
+# Each analysis is the function run_<name> above; the names and their order are declared once, in
+# `t3s.analysis.options`, which a run config reads without loading this module's plotting.
+ANALYSES: dict[str, Callable[[Context], dict[str, Any]]] = {name: globals()[f"run_{name}"] for name in NAMES}
 
 
 def parse_names(what: str) -> list[str]:
@@ -381,19 +342,6 @@ def analyze(
         if on_result is not None:
             on_result(name, results[name])
     return results
-
-
-class AnalyzeSettings(AnalysisOptions):
-    """A run config's `analyze`: which analyses run after the chain, with `t3s analyze`'s options."""
-
-    what: list[str] = Field(
-        default_factory=lambda: ["all"], validate_default=True, description="the analyses; all: every one"
-    )
-
-    @field_validator("what")
-    @classmethod
-    def _known(cls, names: list[str]) -> list[str]:
-        return analysis_names(names)
 
 
 class AnalyzeStage(Stage):

@@ -123,7 +123,7 @@ def teacher_corpus(cfg: TestbedConfig, prompts: Path, root: Path) -> Path:
 def run_config(
     cfg: TestbedConfig, student: str, corpus: Path, paths: dict[str, Path], root: Path, seed: int
 ) -> Any:
-    from t3s.analysis.runner import AnalyzeSettings
+    from t3s.analysis.options import AnalyzeSettings
     from t3s.config import CrossModel, EvalSection, ProfileSettings, RunConfig, TokenizeSettings
     from t3s.evaluation import EvalSettings
 
