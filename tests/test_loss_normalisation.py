@@ -8,17 +8,10 @@ from transformers import LlamaForCausalLM
 
 from conftest import arithmetic_rows, write_jsonl
 from t3s.data import load_corpus
+from t3s.masks import IGNORE, labels_for
 from t3s.models import load_model
 from t3s.tokens import TokenizeConfig, tokenize_corpus
-from t3s.training import (
-    IGNORE,
-    LoraSettings,
-    TrainRecipe,
-    build_trainer,
-    labels_for,
-    prepare_model,
-    sft_dataset,
-)
+from t3s.training import LoraSettings, TrainRecipe, build_trainer, prepare_model, sft_dataset
 
 
 class PlainForwardLlama(LlamaForCausalLM):

@@ -12,10 +12,11 @@ import t3s.models
 from conftest import arithmetic_rows, write_jsonl
 from t3s.data import load_corpus
 from t3s.errors import T3SError
+from t3s.masks import labels_for
 from t3s.rundir import RunDir
 from t3s.tokens import TokenizeConfig, tokenize_corpus
 from t3s.train import train_policy
-from t3s.training import TrainRecipe, build_trainer, labels_for, log_history_rows, sft_dataset
+from t3s.training import TrainRecipe, build_trainer, log_history_rows, sft_dataset
 
 BAD_STEP = 3
 

@@ -1,6 +1,8 @@
 """`t3s run`: the whole chain from a YAML config, resumable after a kill at any stage."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,8 +73,6 @@ def test_full_chain_artifacts(reference: tuple[Path, int]) -> None:
     for name in ("t3s", "inverse", "random", "rrt"):
         assert (run / "train" / name / "model" / "model.safetensors").exists()
         assert not (run / "train" / name / "checkpoints").exists()
-    import json
-
     manifest = json.loads((run / "manifest.json").read_text())
     assert set(manifest["models"]) == {"base", "sft", "t3s", "inverse", "random", "rrt"}
     assert manifest["models"]["sft"].endswith("checkpoint-5")
@@ -100,6 +100,62 @@ def test_killed_run_finishes_with_the_same_artifacts(
     for key in ("t3s-weights", "inverse-weights", "random-weights", "rrt-weights"):
         for name, tensor in ref[key].items():  # type: ignore[union-attr]
             torch.testing.assert_close(got[key][name], tensor, rtol=1e-4, atol=1e-5)  # type: ignore[index]
+
+
+def test_eval_analyze_and_report_end_the_chain(
+    reference: tuple[Path, int], tiny_model: Path, tmp_path: Path
+) -> None:
+    """The optional sections run after the training stages, which a finished run skips."""
+    from t3s.pipeline import run_pipeline
+    from t3s.rundir import RunDir
+
+    run = RunDir(tmp_path / "more")
+    shutil.copytree(reference[0], run.root)
+    cfg = yaml.safe_load(write_config(tmp_path, tiny_model, run.root).read_text())
+    settings = {"samples": 1, "temperature": 0.0, "max_new_tokens": 4, "batch_size": 8}
+    cfg.update(eval=[{"bench": cfg["data"], "steps": "all", "settings": settings}],
+               analyze={"what": ["shock", "groups", "tokens"]}, report=True)  # fmt: skip
+    path = tmp_path / "more.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    before = run.manifest()["stages"]
+    models = run_pipeline(load_config(path))
+    stages = run.manifest()["stages"]
+    assert all(stages[name] == entry for name, entry in before.items())  # trained before: skipped
+    assert (
+        stages["eval:c"]["status"]
+        == stages["eval:c:policies"]["status"]
+        == stages["analyze"]["status"]
+        == "done"
+    )
+    rows = [json.loads(line) for line in run.eval_table("c", policies=True).read_text().splitlines()]
+    assert {r["policy"]: r["model"] for r in rows} == models
+    curve = [json.loads(line) for line in run.eval_table("c").read_text().splitlines()]
+    assert [r["step"] for r in curve] == sorted(run.checkpoints())
+    assert json.loads(run.eval_result("c", "policy-sft").read_text())["template"] == "auto"  # the run's own
+    assert {p.name for p in run.analysis_dir.glob("*.json")} == {"shock.json", "tokens.json"}
+    assert "skipped" in stages["analyze"]["summary"]["groups"]  # one profiled step: no group curves
+    md = (run.report_dir / "summary.md").read_text(encoding="utf-8")
+    assert "## Evaluation" in md and "## Token groups (Δc at θb)" in md
+
+
+def test_eval_sections_prompt_as_the_run_was_tokenized_and_name_its_models(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from t3s.config import RunConfig
+    from t3s.pipeline import run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+
+    base = {"run_dir": "r", "model": "m", "data": "d", "tokenize": {"template": "plain"}}
+    cfg = RunConfig(**base, eval=[{"bench": "b"}, {"bench": "b", "settings": {"template": "chat"}}])
+    assert [e.settings.template for e in cfg.eval] == ["plain", "chat"]
+    assert RunConfig(**{**base, "tokenize": {}}, eval=[{"bench": "b"}]).eval[0].settings.template == "auto"
+    assert RunConfig(**base).eval == [] and RunConfig(**base).analyze is None and not RunConfig(**base).report
+    typo = RunConfig(**base, rrt=False, eval=[{"bench": "b", "models": ["sft", "t3z"]}])
+    with pytest.raises(
+        T3SError, match=r"eval b: this run makes no model \['t3z'\] \(it makes base, sft, t3s\)"
+    ):
+        run_pipeline(typo)  # before any stage runs
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

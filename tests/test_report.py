@@ -6,6 +6,8 @@ import base64
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,17 +116,13 @@ def test_eval_policies_and_extra_items_become_sections(run: Path, tmp_path: Path
     assert "Training loss of each policy." in md
 
 
-def test_a_registered_section_builder_is_used(run: Path, tmp_path: Path) -> None:
+def test_a_given_list_of_section_builders_is_used(run: Path, tmp_path: Path) -> None:
     r = light_copy(run, tmp_path / "r")
 
-    @report.section_builder
     def custom(ctx: report.ReportContext) -> list[report.Section]:
         return [report.Section("Custom", [report.Text(f"{len(ctx.runs)} run")], order=15)]
 
-    try:
-        page = report.build_report([r]).html.read_text(encoding="utf-8")
-    finally:
-        report.SECTION_BUILDERS.remove(custom)
+    page = report.build_report([r], builders=[*report.SECTIONS, custom]).html.read_text(encoding="utf-8")
     titles = h2_titles(page)
     assert titles.index("Custom") == titles.index("Imitation Shock (probe)") + 1 and "<p>1 run</p>" in page
 
@@ -148,3 +146,29 @@ def test_several_runs_are_compared(run: Path, tmp_path: Path) -> None:
     assert page.count("<h3>a</h3>") >= 3 and page.count("<h3>b</h3>") >= 2  # b: probe, tokens, config
     assert (tmp_path / "out" / "figures" / "compare_accuracy.png").exists()
     assert (tmp_path / "out" / "figures" / "a_groups.png").exists()
+
+
+def test_a_testbed_run_gets_the_testbed_sections_in_a_fresh_process(tmp_path: Path) -> None:
+    """`t3s report --run runs/demo` keeps the testbed's sections: they are picked from what the run
+    holds (a testbed summary), not registered by importing t3s.testbed first."""
+    run = tmp_path / "demo"
+    write_json(run / "manifest.json", {"stages": {}})
+    final = {"problems": 8, "accuracy": 0.5, "stderr": 0.1, "by_count": {"3": 0.5}, "teacher_style": 0.25,
+             "mean_tokens": 20.0}  # fmt: skip
+    curve = [{"step": s, "teacher_forced_loss": 1.0 / (s + 1), "train_accuracy": 0.5} for s in (0, 3)]
+    gate = {
+        "prefix": " Step 1:",
+        "problems": 8,
+        "own_style_accuracy": 0.5,
+        "forced_teacher_prefix_accuracy": 0.4,
+    }
+    write_json(run / "testbed" / "summary.json", {
+        "seed": 0, "final": {"base": final, "sft": final}, "gate": gate, "curve": curve,
+        "bottleneck": {"step": 3}, "config": {"teacher": "reverse"},
+    })  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "t3s.cli", "report", "--run", str(run)], capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    md = (run / "report" / "summary.md").read_text(encoding="utf-8")
+    for title in ("Testbed: held-out results", "Testbed: Imitation Shock", "Testbed: competence gate"):
+        assert f"## {title}" in md

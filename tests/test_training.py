@@ -9,9 +9,10 @@ import torch
 from conftest import arithmetic_rows, write_jsonl
 from t3s.data import load_corpus
 from t3s.errors import T3SError
+from t3s.masks import IGNORE, labels_for
 from t3s.models import load_model
 from t3s.tokens import TokenizeConfig, TokenizedExample, tokenize_corpus
-from t3s.training import IGNORE, TrainRecipe, build_trainer, labels_for, sft_dataset
+from t3s.training import TrainRecipe, build_trainer, sft_dataset
 
 
 def train(model_dir: Path, tokenizer, items, labels, out: Path, **recipe) -> dict[str, torch.Tensor]:

@@ -89,7 +89,15 @@ def batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]
 
 
 def _positions(items: Sequence[TokenizedExample]) -> tuple[list[int], list[int]]:
-    """Batch rows and positions scored: response positions with at least one token of context."""
+    """Batch rows and positions scored: response positions with at least one token of context.
+
+    Position i gets c_i = log p(x_i | x_<i), read from the logits at i - 1, so position 0 cannot
+    be scored and stays NaN in the profile (and is never an anchor, `t3s.masks.is_anchor`):
+
+    >>> item = TokenizedExample("x", [11, 12, 13, 14], response_start=0, response_end=3)
+    >>> _positions([item])  # (rows, positions): c_1 and c_2; c_0 and c_3 (outside) stay NaN
+    ([0, 0], [1, 2])
+    """
     rows, cols = [], []
     for b, t in enumerate(items):
         span = range(max(t.response_start, 1), t.response_end)
@@ -116,6 +124,7 @@ def score_batch(model: Any, items: Sequence[TokenizedExample], chunk: int = 1024
     hidden = hidden_states(model, ids, mask)
     r = torch.tensor(rows, device=device)
     c = torch.tensor(cols, device=device)
+    # The hidden state at c - 1 predicts token c: c_c lands at position c, aligned with input_ids.
     values = gather_logprobs(model, hidden[r, c - 1], ids[r, c], chunk).cpu().numpy()
     offset = 0
     for b, t in enumerate(items):

@@ -5,16 +5,30 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from t3s.analysis.options import AnalyzeSettings
 from t3s.config_file import Override, apply_overrides, read_mapping
 from t3s.errors import validation_error
+from t3s.evaluation import EvalSettings
 from t3s.probe import ProbeSettings
 from t3s.selection import SelectOptions
 from t3s.tokens import TokenizeConfig
 from t3s.training import TrainRecipe
+
+
+def _home(value: Any) -> Any:
+    return os.path.expanduser(value) if isinstance(value, str) else value
 
 
 class _Strict(BaseModel):
@@ -53,6 +67,33 @@ def _short_policies(value: Any) -> Any:
 PolicyList = Annotated[list[SelectOptions], BeforeValidator(_short_policies)]
 
 
+class EvalSection(_Strict):
+    """A benchmark scored after the chain, as `t3s eval --run` scores it, into RUN/eval/<bench>/."""
+
+    bench: Annotated[Path, BeforeValidator(_home)] = Field(
+        description="id, problem (or prompt), answer: .jsonl, .parquet or a saved dataset"
+    )
+    models: list[str] | Literal["all"] = Field(
+        "all",
+        description="the run's models, into policies.jsonl: base, sft, a policy's name, rrt; "
+        "all: every model the chain makes",
+    )
+    steps: list[int] | Literal["all"] | None = Field(
+        None, description="probe checkpoints on disk, into curve.jsonl (0 is θ0); all: every one"
+    )
+    settings: EvalSettings = Field(
+        default_factory=EvalSettings,
+        description="`t3s eval`'s options; the template is the run's own unless given",
+    )
+
+
+def _run_template(section: Any, template: Any) -> Any:
+    settings = section.get("settings", {}) if isinstance(section, dict) else None
+    if isinstance(settings, dict) and "template" not in settings:
+        return {**section, "settings": {**settings, "template": template}}
+    return section
+
+
 class RunConfig(_Strict):
     run_dir: Path = Field(description="the run directory")
     model: str = Field(description="the student θ0")
@@ -69,11 +110,29 @@ class RunConfig(_Strict):
     )
     save_every: int = Field(10, ge=1, description="resume checkpoints of each retraining")
     rrt: bool = Field(True, description="finish with Recovering Residual Transfer")
+    eval: list[EvalSection] = Field(default_factory=list, description="benchmarks scored after training")
+    analyze: AnalyzeSettings | None = Field(None, description="analyses run after the evaluations")
+    report: bool = Field(False, description="write RUN/report/ (HTML and Markdown) at the end")
 
     @field_validator("model", "data", "run_dir", mode="before")
     @classmethod
     def _home(cls, value: Any) -> Any:
-        return os.path.expanduser(value) if isinstance(value, str) else value
+        return _home(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _eval_template(cls, raw: Any) -> Any:
+        """An eval section prompts as the run was tokenized unless it says otherwise, as `t3s eval --run`."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("eval"), list):
+            return raw
+        tokenize = raw.get("tokenize") or {}
+        if isinstance(tokenize, TokenizeConfig):
+            template = tokenize.template
+        elif isinstance(tokenize, dict):
+            template = tokenize.get("template", "auto")
+        else:
+            return raw  # not valid: its own error follows
+        return {**raw, "eval": [_run_template(section, template) for section in raw["eval"]]}
 
 
 def load_config(path: str | Path, overrides: Sequence[Override] = ()) -> RunConfig:

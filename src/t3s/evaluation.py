@@ -148,6 +148,20 @@ def output_paths(out: str | Path) -> tuple[Path, Path]:
     return out / "results.json", out / "samples.jsonl"
 
 
+def _sample_store(samples_path: Path, model_fp: str, params_hash: str) -> SampleStore:
+    """One model's samples under one set of sampling parameters, within a samples file."""
+    return SampleStore(samples_path, {"model": model_fp, "params": params_hash})
+
+
+def result_samples(out: str | Path) -> list[dict[str, Any]]:
+    """The samples behind the summary written to `out`: its model's, with its sampling parameters."""
+    summary_path, samples_path = output_paths(out)
+    summary = read_json(summary_path)
+    return list(
+        _sample_store(samples_path, summary["model_fingerprint"], summary["params_hash"]).rows.values()
+    )
+
+
 # -- one model on one benchmark ------------------------------------------------------------------
 def _empty_cuda_cache() -> None:
     import torch
@@ -186,7 +200,7 @@ def evaluate(
     model_fp = model_fingerprint(model_path)
     params_hash = settings.params_hash()
     n = settings.samples
-    store = SampleStore(samples_path, {"model": model_fp, "params": params_hash})
+    store = _sample_store(samples_path, model_fp, params_hash)
     options = settings.backend_options()
     backend = (
         EngineBackend(lambda: backend_factory(model_path), options)
@@ -301,20 +315,15 @@ def probe_targets(run: RunDir, steps: Sequence[int] | None = None) -> list[Targe
 
 
 def policy_targets(run: RunDir, policies: Sequence[str]) -> list[Target]:
-    """The trained models `RUN/train/<policy>/model`; `all` means every one on disk."""
+    """The run's models by name (`RunDir.model`: trained policies, base, sft); `all` means every
+    trained model on disk."""
     if list(policies) == ["all"]:
         policies = [p.name for p in run.train_dirs() if (run.model_dir(p.name) / "config.json").exists()]
         if not policies:
             raise T3SError(
                 f"run {run.root} has no trained policy model under {run.train_root}; run `t3s train` first"
             )
-    targets = []
-    for name in policies:
-        path = run.model_dir(name)
-        if not (path / "config.json").exists():
-            raise T3SError(f"policy {name!r}: no trained model at {path}; run `t3s train` for it first")
-        targets.append(Target(f"policy-{name}", str(path), {"policy": name}))
-    return targets
+    return [Target(f"policy-{name}", run.model(name), {"policy": name}) for name in policies]
 
 
 def _matching_rows(
@@ -407,7 +416,7 @@ class EvalStage(Stage):
                     t.path,
                     bench,
                     settings,
-                    out_dir / f"{t.label}.json",
+                    run.eval_result(bench.name, t.label),
                     tokenizer=tokenizer,
                     tokenizer_path=base,
                     backend_factory=self.backend_factory,

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 
 from t3s.errors import T3SError
 from t3s.io import atomic_dir, write_json
+from t3s.masks import labels_from_mask, response_mask
 from t3s.selection import MASKS_FILE, MASKS_HF, read_masks
-from t3s.training import IGNORE
 
 Format = Literal["hf", "verl", "jsonl"]
 
@@ -56,18 +56,20 @@ def check_masks(table: pa.Table, where: str) -> dict[str, int]:
             raise T3SError(
                 f"{where}: example {row['id']!r} has input_ids, labels and loss_mask of different lengths"
             )
-        if not np.array_equal(labels, np.where(mask == 1, ids, IGNORE)):
+        if not np.array_equal(labels, labels_from_mask(ids, mask == 1)):
             raise T3SError(f"{where}: example {row['id']!r} has labels that disagree with loss_mask")
-        outside = np.ones(len(ids), dtype=bool)
-        outside[row["response_start"] : row["response_end"]] = False
-        if mask[outside].any():
+        if mask[~response_mask(len(ids), row["response_start"], row["response_end"])].any():
             raise T3SError(f"{where}: example {row['id']!r} trains a token outside its response")
         trained += int(mask.sum())
     return {"examples": table.num_rows, "trained_tokens": trained}
 
 
 def verl_loss_mask(loss_mask: list[int]) -> list[int]:
-    """Our token-aligned mask in verl's convention: position i gates the prediction of token i + 1."""
+    """Our token-aligned mask in verl's convention: position i gates the prediction of token i + 1.
+
+    >>> verl_loss_mask([0, 0, 1, 1])  # tokens 2 and 3 trained: verl gates them at positions 1 and 2
+    [0, 1, 1, 0]
+    """
     return [*loss_mask[1:], 0]
 
 

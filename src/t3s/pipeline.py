@@ -1,8 +1,9 @@
-"""`t3s run`: the whole AR chain over one run directory, skipping finished stages, resuming the rest.
+"""`t3s run`: the whole chain over one run directory, skipping finished stages, resuming the rest.
 
-tokenize -> probe -> profile (+ cross-model profiles) -> select and train each policy -> RRT.
+tokenize -> probe -> profile (+ cross-model profiles) -> select and train each policy -> RRT ->
+eval (each benchmark of the config) -> analyze, then the report when the config asks for one.
 `stages` lists them; `t3s.stage.execute` decides, from the fingerprints of each one's inputs,
-whether it is already done.
+whether it is already done. The testbed runs this same chain and adds its own records after it.
 """
 
 from __future__ import annotations
@@ -12,17 +13,63 @@ from typing import Any
 
 from rich.console import Console
 
-from t3s.config import RunConfig
+from t3s.config import EvalSection, RunConfig
 from t3s.errors import T3SError
 from t3s.rundir import RunDir
+from t3s.selection import SelectOptions
 from t3s.stage import Stage, execute, processes
 
 console = Console(stderr=True)
 
 
+def policy_options(cfg: RunConfig, run: RunDir) -> list[SelectOptions]:
+    """The config's policies; a cross-model one reads its cross profile and is named after it."""
+    crosses = {c.name for c in cfg.profile.cross_models}
+    out = []
+    for options in cfg.policies:
+        if options.profile and options.profile.startswith("cross:"):
+            cross_name = options.profile.removeprefix("cross:")
+            if cross_name not in crosses:
+                raise T3SError(f"policy {options.policy}: profile {options.profile!r} names no cross model")
+            options = options.model_copy(
+                update={
+                    "profile": str(run.cross_profile(cross_name)),
+                    "name": options.name or f"{options.policy}-cross-{cross_name}",
+                }
+            )
+        out.append(options)
+    return out
+
+
+def trains(options: SelectOptions) -> bool:
+    """Whether a policy trains a model of its own. Plain SFT does not: the probe is plain SFT with
+    this very recipe, so its final checkpoint is the SFT model (`RunDir.model("sft")`)."""
+    return not (options.policy == "sft" and options.selector == "bottleneck" and options.profile is None)
+
+
+def model_names(cfg: RunConfig, policies: list[SelectOptions]) -> list[str]:
+    """The models the chain makes, by name: base (θ0), sft, each trained policy, rrt."""
+    trained = [o.output_name() for o in policies if trains(o)]
+    return list(dict.fromkeys(["base", "sft", *trained, *(["rrt"] if cfg.rrt else [])]))
+
+
+def eval_stages(section: EvalSection, models: list[str]) -> Iterator[Stage]:
+    """A benchmark's probe trajectory (when asked) and the run's models, as `t3s eval --run` scores them."""
+    from t3s.evaluation import EvalStage, load_bench
+
+    bench = load_bench(section.bench)
+    if section.steps is not None:
+        steps = None if section.steps == "all" else section.steps  # None: every checkpoint on disk
+        yield EvalStage(bench, section.settings, steps=steps)
+    chosen = models if section.models == "all" else section.models
+    if chosen:
+        yield EvalStage(bench, section.settings, policies=chosen)
+
+
 def stages(cfg: RunConfig, run: RunDir, tokenizer: Any) -> Iterator[Stage]:
     """The chain's stages in order. Each is built once the ones before it have run (a generator),
     from what they left in the run directory."""
+    from t3s.analysis.runner import AnalyzeStage
     from t3s.probe import ProbeStage
     from t3s.profile import CrossProfileStage, ProfileStage
     from t3s.rrt import RRTStage
@@ -46,49 +93,50 @@ def stages(cfg: RunConfig, run: RunDir, tokenizer: Any) -> Iterator[Stage]:
     for cross in p.cross_models:
         models = {"base": cross.base, "bottleneck": cross.bottleneck}
         yield CrossProfileStage(cross.name, models, tok_cfg, trust_remote_code=remote, **scoring)
-    for options in cfg.policies:
-        if options.profile and options.profile.startswith("cross:"):
-            cross_name = options.profile.removeprefix("cross:")
-            if cross_name not in {c.name for c in p.cross_models}:
-                raise T3SError(f"policy {options.policy}: profile {options.profile!r} names no cross model")
-            options = options.model_copy(
-                update={
-                    "profile": str(run.cross_profile(cross_name)),
-                    "name": options.name or f"{options.policy}-cross-{cross_name}",
-                }
-            )
+    policies = policy_options(cfg, run)
+    for options in policies:
         yield SelectStage(options)
-        if options.policy == "sft" and options.selector == "bottleneck" and options.profile is None:
-            continue  # the probe is plain SFT with this very recipe: its final checkpoint is the SFT model
-        yield TrainStage(
-            options.output_name(), recipe=cfg.recipe, save_every=cfg.save_every, trust_remote_code=remote
-        )
+        if trains(options):
+            yield TrainStage(
+                options.output_name(), recipe=cfg.recipe, save_every=cfg.save_every, trust_remote_code=remote
+            )
     if cfg.rrt:
         yield RRTStage()
+    for section in cfg.eval:
+        yield from eval_stages(section, model_names(cfg, policies))
+    if cfg.analyze is not None:
+        yield AnalyzeStage(cfg.analyze)
 
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
-    """Run every stage of `cfg`; returns the models it produced, by name."""
+    """Run every stage of `cfg`, then write the report if asked; returns the models it made, by name."""
     from t3s.models import load_tokenizer
-    from t3s.rrt import RRTStage
-    from t3s.train import TrainStage
 
-    if cfg.rrt:  # RRT is the last stage: a run that cannot do it is refused before the first
+    if cfg.rrt:  # RRT is the last training stage: a run that cannot do it is refused before the first
         from t3s.rrt import check_rrt_inputs
 
         check_rrt_inputs(cfg.model, cfg.recipe, trust_remote_code=cfg.trust_remote_code)
     run = RunDir(cfg.run_dir)
+    policies = policy_options(cfg, run)  # a policy naming no cross model is refused before the first stage
+    made = model_names(cfg, policies)
+    for section in cfg.eval:  # and so is an evaluation of a model the chain does not make
+        unknown = [] if section.models == "all" else [m for m in section.models if m not in made]
+        if unknown:
+            raise T3SError(
+                f"eval {section.bench}: this run makes no model {unknown} (it makes {', '.join(made)})"
+            )
     main = processes().is_main_process
     if main:
         run.record("config", cfg.model_dump(mode="json"))
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    trained: dict[str, str] = {}
     for stage in stages(cfg, run, tokenizer):
         console.rule(stage.name)
         execute(run, stage)
-        if isinstance(stage, TrainStage | RRTStage):
-            trained[stage.policy] = str(run.model_dir(stage.policy))
-    models = {"base": run.base_model(), "sft": run.resolve(run.bottleneck()["final"]), **trained}
+    models = {name: run.model(name) for name in made}
     if main:
         run.record("models", models)
+        if cfg.report:
+            from t3s.report import build_report
+
+            build_report([run.root])
     return models

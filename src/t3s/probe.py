@@ -30,6 +30,7 @@ from t3s.errors import T3SError
 from t3s.fingerprint import digest, model_fingerprint
 from t3s.generation import SampledSettings
 from t3s.io import append_jsonl, write_jsonl
+from t3s.masks import labels_for
 from t3s.rundir import RunDir
 from t3s.sampling import accuracy, check_verifier_errors, sample_and_verify
 from t3s.stage import Attempt, Stage
@@ -39,7 +40,6 @@ from t3s.training import (
     TrainRecipe,
     build_trainer,
     checkpoint_step,
-    labels_for,
     list_checkpoints,
     prepare_model,
     remove_incomplete_checkpoints,

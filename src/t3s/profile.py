@@ -38,6 +38,7 @@ from t3s.confidence import score
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, model_fingerprint
 from t3s.io import write_json, write_parquet
+from t3s.masks import is_anchor
 from t3s.progress import bar
 from t3s.rundir import RunDir
 from t3s.stage import Attempt, Stage, execute
@@ -181,7 +182,7 @@ def build_profile(
         within = float((np.abs(flat) < band).mean())
         summary["delta"] = {
             "mean": float(flat.mean()),
-            "anchor_share": float((flat > 0).mean()),
+            "anchor_share": float(is_anchor(flat).mean()),
             "quantiles": {str(q): float(np.quantile(flat, q)) for q in (0.01, 0.1, 0.5, 0.9, 0.99)},
             "resolution": {"band": band, "within_share": within},
         }

@@ -4,8 +4,10 @@ A report is a list of sections; a section is a title, an order and content items
 figures, preformatted blocks) that render to both HTML and Markdown. Sections come from two
 places, and each appears only when its data exists:
 
-- section builders: functions `(ReportContext) -> list[Section]` in `SECTION_BUILDERS`. A new
-  feature adds one with `@section_builder` in its own module (imported before `build_report`).
+- section builders: functions `(ReportContext) -> list[Section]`, in explicit lists: `SECTIONS`
+  here for every run, and the testbed's (`t3s.testbed.report_sections.SECTIONS`) for a run that
+  holds a testbed summary (`sections_for`). A new feature adds its builder to a list, or passes
+  its own list to `build_report`.
 - extra items: `RUN/report/extra/*.json` and `*.md` files that any stage may drop in, with no code
   here. JSON: {"title", "order", "text", "markdown", "table": {"columns", "rows", "caption"},
   "tables": [...], "images": ["file.png" or {"path", "caption"}]} (every key optional; paths
@@ -122,14 +124,8 @@ class ReportContext:
         return re.sub(r"[^A-Za-z0-9_-]+", "_", f"{run.label}_{name}") if len(self.runs) > 1 else name
 
 
+# A section builder returns no section when its data does not exist.
 SectionBuilder = Callable[[ReportContext], list[Section]]
-SECTION_BUILDERS: list[SectionBuilder] = []
-
-
-def section_builder(fn: SectionBuilder) -> SectionBuilder:
-    """Register a section builder; it returns no section when its data does not exist."""
-    SECTION_BUILDERS.append(fn)
-    return fn
 
 
 # -- formatting ----------------------------------------------------------------------------------
@@ -185,7 +181,6 @@ def headlines(run: ReportRun) -> dict[str, str]:
     return out
 
 
-@section_builder
 def overview(ctx: ReportContext) -> list[Section]:
     keys: list[str] = []
     numbers = {r.label: headlines(r) for r in ctx.runs}
@@ -225,7 +220,6 @@ def _shock_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
     return items
 
 
-@section_builder
 def probe_section(ctx: ReportContext) -> list[Section]:
     return _titled(ctx, "Imitation Shock (probe)", 10, lambda r: _shock_items(ctx, r))
 
@@ -283,7 +277,6 @@ def _token_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
     return items
 
 
-@section_builder
 def tokens_section(ctx: ReportContext) -> list[Section]:
     return _titled(ctx, "Token groups (Δc at θb)", 20, lambda r: _token_items(ctx, r))
 
@@ -345,7 +338,6 @@ def _mechanism_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
     return items
 
 
-@section_builder
 def mechanisms_section(ctx: ReportContext) -> list[Section]:
     return _titled(ctx, "Why anchors dominate (analyses)", 30, lambda r: _mechanism_items(ctx, r))
 
@@ -389,7 +381,6 @@ def _eval_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
     return items
 
 
-@section_builder
 def evaluation_section(ctx: ReportContext) -> list[Section]:
     return _titled(ctx, "Evaluation", 40, lambda r: _eval_items(ctx, r))
 
@@ -432,7 +423,6 @@ def _policy_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
     return items
 
 
-@section_builder
 def policies_section(ctx: ReportContext) -> list[Section]:
     return _titled(ctx, "Trained policies", 50, lambda r: _policy_items(ctx, r))
 
@@ -479,7 +469,6 @@ def _extra_json(ctx: ReportContext, run: ReportRun, path: Path, data: dict[str, 
     return Section(title, items, order=float(order) if isinstance(order, int | float) else 60.0)
 
 
-@section_builder
 def extras_section(ctx: ReportContext) -> list[Section]:
     return [s for r in ctx.runs for s in _extra_items(r, ctx)]
 
@@ -500,9 +489,29 @@ def _config_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
     return items
 
 
-@section_builder
 def config_section(ctx: ReportContext) -> list[Section]:
     return _titled(ctx, "Run configuration", 90, lambda r: _config_items(ctx, r))
+
+
+SECTIONS: tuple[SectionBuilder, ...] = (
+    overview,
+    probe_section,
+    tokens_section,
+    mechanisms_section,
+    evaluation_section,
+    policies_section,
+    extras_section,
+    config_section,
+)
+
+
+def sections_for(runs: Sequence[ReportRun]) -> list[SectionBuilder]:
+    """The sections every run gets, and the testbed's when a run is a testbed run (it has a summary)."""
+    if not any(r.run.testbed_summary.is_file() for r in runs):
+        return list(SECTIONS)
+    from t3s.testbed import report_sections  # imported here: the testbed's sections build on this module
+
+    return [*SECTIONS, *report_sections.SECTIONS]
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -627,8 +636,15 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n} ({i + 1})" for i, n in enumerate(names)]
 
 
-def build_report(runs: Sequence[str | Path], out: str | Path | None = None) -> ReportResult:
-    """Build every section whose data exists and write `index.html`, `summary.md` and `figures/`."""
+def build_report(
+    runs: Sequence[str | Path],
+    out: str | Path | None = None,
+    builders: Sequence[SectionBuilder] | None = None,
+) -> ReportResult:
+    """Build every section whose data exists and write `index.html`, `summary.md` and `figures/`.
+
+    `builders` default to the sections for what the runs are (`sections_for`).
+    """
     if not runs:
         raise T3SError("report: give at least one --run")
     paths = [Path(r) for r in runs]
@@ -642,7 +658,7 @@ def build_report(runs: Sequence[str | Path], out: str | Path | None = None) -> R
         [ReportRun(p, label) for p, label in zip(paths, _labels(paths), strict=True)], out_dir
     )
     sections: list[Section] = []
-    for builder in SECTION_BUILDERS:
+    for builder in builders if builders is not None else sections_for(ctx.runs):
         try:
             sections += builder(ctx)
         except (KeyError, TypeError, ValueError, IndexError, OSError) as exc:

@@ -140,6 +140,11 @@ class RunDir:
     def eval_dir(self, bench: str) -> Path:
         return self.root / "eval" / bench
 
+    def eval_result(self, bench: str, label: str) -> Path:
+        """One model's summary on a benchmark (label step-NNNNN or policy-<name>); its samples are
+        `<label>.samples.jsonl` beside it (`t3s.evaluation.output_paths`)."""
+        return self.eval_dir(bench) / f"{label}.json"
+
     def eval_dirs(self) -> list[Path]:
         return sorted(p for p in (self.root / "eval").glob("*") if p.is_dir())
 
@@ -155,6 +160,15 @@ class RunDir:
     def testbed_dir(self) -> Path:
         """The built-in testbed's own records (competence gate, summary)."""
         return self.root / "testbed"
+
+    @property
+    def testbed_gate(self) -> Path:
+        return self.testbed_dir / "gate.json"
+
+    @property
+    def testbed_summary(self) -> Path:
+        """A testbed seed's results; a run that holds one is a testbed run (see `t3s.report`)."""
+        return self.testbed_dir / "summary.json"
 
     @property
     def report_dir(self) -> Path:
@@ -197,6 +211,18 @@ class RunDir:
     def write_bottleneck(self, record: dict[str, Any]) -> None:
         write_json(self.bottleneck_path, record)
         self.record("probe", record)
+
+    def model(self, name: str) -> str:
+        """A model of the run by name: a trained policy's (`rrt` included), else `base` (θ0) or `sft`,
+        the probe's final checkpoint (the probe is plain SFT with the recipe every policy trains with)."""
+        trained = self.model_dir(name)
+        if (trained / "config.json").exists():
+            return str(trained)
+        if name == "base":
+            return self.base_model()
+        if name == "sft":
+            return self.resolve(self.bottleneck()["final"])
+        raise T3SError(f"policy {name!r}: no trained model at {trained}; run `t3s train` for it first")
 
     def checkpoints(self) -> dict[int, str]:
         """Step -> model: θ0 as step 0 and every complete probe checkpoint on disk."""

@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, file_digest
 from t3s.io import atomic_dir, read_json, write_json
+from t3s.masks import is_anchor, labels_from_mask, response_mask
 from t3s.rundir import RunDir, read_profile
 from t3s.stage import Attempt, Stage, execute
-from t3s.training import IGNORE
 
 Policy = Literal["sft", "t3s", "inverse", "static-high", "static-low", "random"]
 POLICIES: tuple[str, ...] = Policy.__args__  # type: ignore[attr-defined]
@@ -81,12 +81,8 @@ def _column(table: pa.Table, name: str) -> list[np.ndarray]:
 
 def response_masks(table: pa.Table) -> list[np.ndarray]:
     starts, ends = table.column("response_start").to_pylist(), table.column("response_end").to_pylist()
-    out = []
-    for ids, s, e in zip(table.column("input_ids").to_pylist(), starts, ends, strict=True):
-        m = np.zeros(len(ids), dtype=bool)
-        m[s:e] = True
-        out.append(m)
-    return out
+    ids = table.column("input_ids").to_pylist()
+    return [response_mask(len(i), s, e) for i, s, e in zip(ids, starts, ends, strict=True)]
 
 
 def _drop_ranked(
@@ -117,8 +113,7 @@ def select(table: pa.Table, options: SelectOptions) -> list[np.ndarray]:
     base = _column(table, "logprob_base")
     if options.policy in ("t3s", "inverse"):
         sel = _column(table, f"logprob_{options.selector}")
-        # NaN (no context to score) compares False: such a token is never an anchor.
-        anchors = [(s - b) > options.threshold for s, b in zip(sel, base, strict=True)]
+        anchors = [is_anchor(s - b, options.threshold) for s, b in zip(sel, base, strict=True)]
         if options.policy == "t3s":
             return [r & ~a for r, a in zip(responses, anchors, strict=True)]
         return [r & a for r, a in zip(responses, anchors, strict=True)]
@@ -150,9 +145,7 @@ MASKS_SCHEMA = pa.schema(
 
 def masks_table(table: pa.Table, keeps: Sequence[np.ndarray]) -> pa.Table:
     ids = table.column("input_ids").to_pylist()
-    labels = [
-        np.where(k, np.asarray(i, dtype=np.int64), IGNORE).tolist() for i, k in zip(ids, keeps, strict=True)
-    ]
+    labels = [labels_from_mask(i, k).tolist() for i, k in zip(ids, keeps, strict=True)]
     return pa.table(
         {
             "id": table.column("id"),

@@ -20,14 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from t3s.errors import T3SError
+from t3s.masks import IGNORE, labels_for
 from t3s.tokens import TokenizedExample
-
-IGNORE = -100
 
 _log = logging.getLogger(__name__)
 
@@ -91,19 +89,6 @@ class TrainRecipe(BaseModel):
                 f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}"
             )
         return self
-
-
-def labels_for(item: TokenizedExample, keep: np.ndarray | None = None) -> list[int]:
-    """Labels of one example: the token where it is trained (a response token kept by `keep`), else -100.
-
-    `keep` is a 0/1 array over all positions of `item.input_ids`; None keeps the whole response.
-    """
-    ids = np.asarray(item.input_ids, dtype=np.int64)
-    trained = np.zeros(len(ids), dtype=bool)
-    trained[item.response_start : item.response_end] = True
-    if keep is not None:
-        trained &= np.asarray(keep, dtype=bool)
-    return np.where(trained, ids, IGNORE).tolist()
 
 
 def _freeze(model: Any, recipe: TrainRecipe) -> None:

@@ -2,5 +2,6 @@
 
 Modules: `artifacts` (reading a run), `shock`, `groups` (group dynamics, persistent drops),
 `tokens`, `tokenloss` (group losses and gradients), `gradients` (gradient dynamics, one-step
-intervention), `transfer`, `separability`, `plots`; `runner` writes `RUN/analysis/<name>.*`.
+intervention), `transfer`, `separability`, `plots`; `options` (what a run config or `t3s analyze` asks for);
+`runner` writes `RUN/analysis/<name>.*` (and its `AnalyzeStage` ends `t3s run`'s chain).
 """

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from t3s.errors import T3SError
 from t3s.io import read_jsonl
+from t3s.masks import is_anchor
 from t3s.rundir import RunDir, read_profile
 
 _STEP_COLUMN = re.compile(r"^step(\d+)$")
@@ -88,8 +89,8 @@ class Profile:
         return dict(sorted(found.items()))
 
     def anchors(self, threshold: float = 0.0) -> np.ndarray:
-        """Imitation-Anchor Tokens: Δc > threshold (the rest, Δc <= threshold, are 'other')."""
-        return self.delta > threshold
+        """Imitation-Anchor Tokens (`t3s.masks.is_anchor`); the rest are 'other'."""
+        return is_anchor(self.delta, threshold)
 
     def column(self, name: str, hint: str) -> np.ndarray:
         """The log-probs of checkpoint `name` (e.g. step50), or an error saying to run `hint`."""

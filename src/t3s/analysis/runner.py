@@ -12,52 +12,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
 
 from t3s.analysis import artifacts, groups, plots, shock, tokens
 from t3s.analysis.artifacts import Profile
+from t3s.analysis.options import NAMES, AnalysisOptions, AnalyzeSettings, analysis_names
 from t3s.errors import T3SError
+from t3s.fingerprint import digest
 from t3s.io import write_json, write_parquet, write_text
 from t3s.rundir import RunDir, read_profile
+from t3s.stage import Attempt, Stage
 
-
-class AnalysisOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    threshold: float = Field(0.0, description="anchors are tokens with Δc > threshold")
-    compare: Path | None = Field(
-        None,
-        description="groups: a run directory or profile .parquet scoring checkpoints of a run trained with "
-        "anchors masked ('train the other tokens only'), same examples; read with this run's anchors",
-    )
-    examples: int = Field(32, ge=1, description="examples sampled for the model-side analyses")
-    max_tokens: int = Field(512, ge=2, description="tokens kept per sampled example")
-    batch_tokens: int = Field(4096, ge=1, description="padded tokens per forward pass")
-    chunk: int = Field(1024, ge=1, description="positions per output-layer chunk")
-    steps: list[int] = Field(
-        default_factory=list, description="analyse this checkpoint only (repeatable; default all)"
-    )
-    params: str | None = Field(
-        None, description="regex of parameter names that take gradients (default: all)"
-    )
-    lr: float = Field(1e-5, gt=0, description="learning rate of the intervention step and transfer runs")
-    rule: Literal["adam", "sgd"] = Field(
-        "adam", description="intervention step: adam (a fresh AdamW's first step) or sgd"
-    )
-    transfer_steps: int = Field(5, ge=1, description="optimizer steps per subset in the transfer matrix")
-    top: int = Field(100, ge=1, description="tokens listed per table")
-    min_count: int = Field(3, ge=1, description="occurrences a token needs to be ranked")
-    sketch_dim: int = Field(256, ge=2, description="dimensions of the token-gradient sketches")
-    sketch_checkpoint: str = Field("base", description="base, bottleneck or stepK")
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, ...")
-    dtype: str = Field(
-        "auto", description="auto: bf16 on GPU (float32 for intervention, transfer), float32 on CPU"
-    )
-    seed: int = Field(0, description="seed of the sampled examples and the gradient sketches")
-    trust_remote_code: bool = Field(False, description="allow custom model code from checkpoints")
+console = Console(stderr=True)
 
 
 def _json_safe(value: Any) -> Any:
@@ -333,26 +303,18 @@ def run_separability(ctx: Context) -> dict[str, Any]:
     }
 
 
-ANALYSES: dict[str, Callable[[Context], dict[str, Any]]] = {
-    "shock": run_shock,
-    "groups": run_groups,
-    "drops": run_drops,
-    "tokens": run_tokens,
-    "intervention": run_intervention,
-    "gradients": run_gradients,
-    "transfer": run_transfer,
-    "separability": run_separability,
-}
+# Each analysis is the function run_<name> above; the names and their order are declared once, in
+# `t3s.analysis.options`, which a run config reads without loading this module's plotting.
+ANALYSES: dict[str, Callable[[Context], dict[str, Any]]] = {name: globals()[f"run_{name}"] for name in NAMES}
 
 
 def parse_names(what: str) -> list[str]:
-    names = [n.strip() for n in what.split(",") if n.strip()]
-    if names == ["all"]:
-        return list(ANALYSES)
-    unknown = [n for n in names if n not in ANALYSES]
-    if unknown or not names:
-        raise T3SError(f"--what {what!r}: use all or a comma-separated list of {', '.join(ANALYSES)}")
-    return names
+    try:
+        return analysis_names([n.strip() for n in what.split(",") if n.strip()])
+    except ValueError:
+        raise T3SError(
+            f"--what {what!r}: use all or a comma-separated list of {', '.join(ANALYSES)}"
+        ) from None
 
 
 def analyze(
@@ -380,3 +342,34 @@ def analyze(
         if on_result is not None:
             on_result(name, results[name])
     return results
+
+
+class AnalyzeStage(Stage):
+    """The analyses of a run into RUN/analysis/, on the main process; one whose inputs the run lacks
+    is skipped (the reason recorded), not an error at the end of a long chain.
+
+    Never skipped as a stage: the analyses read most of the run's artifacts, which no one
+    fingerprint covers, and each rewrites its own files.
+    """
+
+    name = "analyze"
+    skippable = False
+
+    def __init__(self, settings: AnalyzeSettings) -> None:
+        self.settings = settings
+
+    def fingerprint(self, run: RunDir) -> str:
+        return digest(self.settings.model_dump(mode="json"))
+
+    def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        if not attempt.main:  # one process writes RUN/analysis/
+            return {}
+        results = analyze(
+            run.root, self.settings.what, self.settings, skip_missing=True, on_result=_say_skipped
+        )
+        return {"summary": _json_safe(results)}
+
+
+def _say_skipped(name: str, result: dict[str, Any]) -> None:
+    if "skipped" in result:
+        console.print(f"analysis {name} skipped: {result['skipped']}", highlight=False, soft_wrap=True)

@@ -12,6 +12,10 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+from t3s.fingerprint import digest, model_fingerprint
+from t3s.io import write_json
+from t3s.rundir import RunDir
+from t3s.stage import Attempt, Stage
 from t3s.testbed.task import STYLE_PREFIX, Numbers, problem_id, prompt, verify
 from t3s.verify import Verdict
 
@@ -75,3 +79,44 @@ def competence_gate(
         "own_style_accuracy": own_accuracy,
         "forced_teacher_prefix_accuracy": forced,
     }
+
+
+class GateStage(Stage):
+    """The competence gate of the run's θ0 into RUN/testbed/gate.json.
+
+    `own_accuracy` is θ0's greedy held-out score from the chain's evaluation: the same problems.
+    """
+
+    name = "testbed:gate"
+
+    def __init__(
+        self, problems: Sequence[Numbers], teacher: str, max_new_tokens: int, own_accuracy: float
+    ) -> None:
+        self.problems, self.teacher = problems, teacher
+        self.max_new_tokens, self.own_accuracy = max_new_tokens, own_accuracy
+
+    def fingerprint(self, run: RunDir) -> str:
+        return digest(
+            model_fingerprint(run.base_model()),
+            [list(p) for p in self.problems],
+            self.teacher,
+            self.max_new_tokens,
+            self.own_accuracy,
+        )
+
+    def outputs_exist(self, run: RunDir) -> bool:
+        return run.testbed_gate.exists()
+
+    def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
+        import torch
+
+        from t3s.models import load_model, load_tokenizer
+
+        base = run.base_model()
+        model = load_model(base, device=torch.device("cpu") if not torch.cuda.is_available() else None)
+        gate = competence_gate(
+            model, load_tokenizer(base), self.problems, self.teacher, self.max_new_tokens, self.own_accuracy
+        )
+        if attempt.main:
+            write_json(run.testbed_gate, gate)
+        return {"summary": gate}

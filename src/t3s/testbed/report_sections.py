@@ -1,4 +1,7 @@
-"""The testbed's sections of `t3s report`: the shock with the teacher's style, the final table, the gate."""
+"""The testbed's sections of `t3s report`: the shock with the teacher's style, the final table, the gate.
+
+`t3s.report` adds `SECTIONS` to the report of any run that holds a testbed summary.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,13 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator
 
 from t3s.analysis import plots
-from t3s.report import Figure, Item, ReportContext, ReportRun, Section, Table, Text, pct, section_builder
+from t3s.report import Figure, Item, ReportContext, ReportRun, Section, SectionBuilder, Table, Text, pct
 
 ORDER_FINAL, ORDER_SHOCK, ORDER_GATE = 2.0, 3.0, 4.0
 
 
 def _summary(run: ReportRun) -> dict[str, Any] | None:
-    data = run.json(run.run.testbed_dir / "summary.json")
+    data = run.json(run.run.testbed_summary)
     return data if isinstance(data, dict) else None
 
 
@@ -100,7 +103,6 @@ def verdicts(final: dict[str, dict[str, float]], spread: float) -> list[str]:
     return out
 
 
-@section_builder
 def testbed_final(ctx: ReportContext) -> list[Section]:
     runs = [s for r in ctx.runs if (s := _summary(r))]
     if not runs:
@@ -143,7 +145,6 @@ def _shock_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
     ]
 
 
-@section_builder
 def testbed_shock(ctx: ReportContext) -> list[Section]:
     parts = [(r, items) for r in ctx.runs if (items := _shock_items(ctx, r))]
     if not parts:
@@ -154,7 +155,6 @@ def testbed_shock(ctx: ReportContext) -> list[Section]:
                     subsections=[Section(r.label, items) for r, items in parts])]  # fmt: skip
 
 
-@section_builder
 def testbed_gate(ctx: ReportContext) -> list[Section]:
     s = next((s for r in ctx.runs if (s := _summary(r))), None)
     if not s or not s.get("gate"):
@@ -172,3 +172,6 @@ def testbed_gate(ctx: ReportContext) -> list[Section]:
             ORDER_GATE,
         )
     ]
+
+
+SECTIONS: tuple[SectionBuilder, ...] = (testbed_final, testbed_shock, testbed_gate)

@@ -1,9 +1,10 @@
-"""The built-in testbed end to end: data, teacher traces, the T3S chain, evaluation, gate, report.
+"""The built-in testbed end to end: data, teacher traces, the T3S chain, the gate, the summary, the report.
 
 Everything goes through the public pipeline: the teacher is a Python-function backend of
-`t3s teacher`, the chain is `t3s run`'s `run_pipeline`, scoring is `t3s eval`'s `evaluate`, the
-figures are `t3s analyze` and `t3s report`. What is the testbed's own: the task, the student
-(stage 0, shipped), the competence gate, and the share of answers written in the teacher's style.
+`t3s teacher`, and the chain is `t3s run`'s (`run_pipeline`), held-out evaluation and analyses
+included. What is the testbed's own comes after it: the task, the student (stage 0, shipped), the
+competence gate, and the share of answers written in the teacher's style, gathered per seed in
+RUN/testbed/summary.json, which gives a run the testbed's report sections.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from t3s.io import read_json, read_jsonl, write_json
 from t3s.probe import ProbeEval, ProbeSettings
 from t3s.rundir import RunDir
 from t3s.selection import SelectOptions
-from t3s.testbed.task import Split, TaskSpec, make_problems, style_of
+from t3s.testbed.task import Numbers, Split, TaskSpec, make_problems, style_of
 from t3s.training import TrainRecipe
 
 VERIFIER = "t3s.testbed.task:verify"
@@ -74,6 +75,10 @@ class TestbedConfig(BaseModel):
     def heldout_spec(self) -> TaskSpec:
         return TaskSpec(tuple(self.heldout_counts or self.counts), self.low, self.high)
 
+    def heldout(self) -> list[Numbers]:
+        """The held-out problems, the same for every seed."""
+        return make_problems(self.heldout_spec(), self.heldout_problems, seed=7_777)
+
 
 def student_model(name: str) -> str:
     from t3s.testbed.smollm2 import smollm2_path
@@ -95,7 +100,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def prepare_data(cfg: TestbedConfig, seed: int, root: Path) -> dict[str, Path]:
     """Training prompts (seeded), a held-out benchmark shared by all seeds, and its curve subset."""
-    heldout = make_problems(cfg.heldout_spec(), cfg.heldout_problems, seed=7_777)
+    heldout = cfg.heldout()
     train = make_problems(cfg.spec(), cfg.train_problems, seed=1_000 + seed, exclude=set(heldout))
     data = root / "data"
     return {
@@ -115,8 +120,12 @@ def teacher_corpus(cfg: TestbedConfig, prompts: Path, root: Path) -> Path:
     return root / "teacher" / cfg.teacher / "corpus.jsonl"
 
 
-def run_config(cfg: TestbedConfig, student: str, corpus: Path, curve: Path, root: Path, seed: int) -> Any:
-    from t3s.config import CrossModel, ProfileSettings, RunConfig
+def run_config(
+    cfg: TestbedConfig, student: str, corpus: Path, paths: dict[str, Path], root: Path, seed: int
+) -> Any:
+    from t3s.analysis.options import AnalyzeSettings
+    from t3s.config import CrossModel, EvalSection, ProfileSettings, RunConfig
+    from t3s.evaluation import EvalSettings
     from t3s.tokens import TokenizeConfig
 
     # With policies to train, the final checkpoint is scored too: persistent drops, token-group curves.
@@ -125,9 +134,13 @@ def run_config(cfg: TestbedConfig, student: str, corpus: Path, curve: Path, root
         keep_steps=cfg.profile_steps,
         eval=ProbeEval(
             every=cfg.eval_every, prompts=cfg.curve_prompts, max_new_tokens=cfg.max_new_tokens, batch_size=64,
-            verifier=VERIFIER, heldout=str(curve),
+            verifier=VERIFIER, heldout=str(paths["curve"]),
         ),
     )  # fmt: skip
+    # Every model greedily on the held-out set, one generate call each (the set is small and a
+    # killed demo just reruns it).
+    heldout = EvalSettings(samples=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
+                           template="plain", verifier=VERIFIER, batch_size=64, chunk=cfg.heldout_problems)  # fmt: skip
     cross = []
     if cfg.cross_student:
         other = RunDir(root / "cross")
@@ -143,43 +156,40 @@ def run_config(cfg: TestbedConfig, student: str, corpus: Path, curve: Path, root
         profile=ProfileSettings(steps=profile_steps, cross_models=cross),
         policies=cfg.policies,
         rrt=cfg.rrt,
+        eval=[EvalSection(bench=paths["heldout"], settings=heldout)],
+        analyze=AnalyzeSettings(what=cfg.analyses),
     )
 
 
-def cross_probe(cfg: TestbedConfig, corpus: Path, curve: Path, root: Path, seed: int) -> None:
+def cross_probe(cfg: TestbedConfig, corpus: Path, paths: dict[str, Path], root: Path, seed: int) -> None:
     """Probe the cross student on the same corpus: its own θ0 and θb select for the main student."""
     from t3s.pipeline import run_pipeline
 
     assert cfg.cross_student is not None
     sub = cfg.model_copy(update={"cross_student": None, "policies": [], "rrt": False, "profile_steps": []})
-    run_pipeline(run_config(sub, student_model(cfg.cross_student), corpus, curve, root / "cross", seed))
+    chain = run_config(sub, student_model(cfg.cross_student), corpus, paths, root / "cross", seed)
+    run_pipeline(chain.model_copy(update={"eval": [], "analyze": None}))  # only probed and profiled
 
 
-def score_models(
-    cfg: TestbedConfig, models: dict[str, str], heldout: Path, root: Path, tokenizer: Any
-) -> dict[str, Any]:
-    """Greedy held-out accuracy (with its standard error) and teacher-style share of every model."""
-    from t3s.evaluation import EvalSettings, evaluate, load_bench
+def final_scores(cfg: TestbedConfig, run: RunDir, bench: str, models: list[str]) -> dict[str, Any]:
+    """Each model's held-out accuracy (with its standard error) from the chain's evaluation, by
+    number of operands, and the share of its answers in the teacher's style."""
+    from t3s.evaluation import policy_targets, result_samples
 
-    bench = load_bench(heldout)
-    # One generate call per model (chunk): the set is small and a killed demo just reruns it.
-    settings = EvalSettings(samples=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
-                            template="plain", verifier=VERIFIER, batch_size=64, chunk=cfg.heldout_problems)  # fmt: skip
     out: dict[str, Any] = {}
-    for name, path in models.items():
-        target = RunDir(root).eval_dir("heldout") / f"{name}.json"
-        summary = evaluate(path, bench, settings, target, tokenizer=tokenizer, label=name)
-        samples = read_jsonl(target.with_suffix(".samples.jsonl"))
+    for target in policy_targets(run, models):
+        result = run.eval_result(bench, target.label)
+        summary, samples = read_json(result), result_samples(result)
         styles = [style_of(s["completion"]) for s in samples]
         by_count: dict[str, list[bool]] = {}
         for sample in samples:  # ids are s<a>-<b>-<c>...: the number of operands
             by_count.setdefault(str(sample["id"].count("-") + 1), []).append(bool(sample["correct"]))
         m = summary["metrics"]
-        out[name] = {
+        out[target.info["policy"]] = {
             "by_count": {k: sum(v) / len(v) for k, v in sorted(by_count.items())},
             "accuracy": m["avg@1"], "stderr": m["avg@1_stderr"], "problems": summary["problems"],
             "teacher_style": styles.count(cfg.teacher) / len(styles), "own_style": styles.count("running") / len(styles),
-            "mean_tokens": m["mean_tokens"], "path": path,
+            "mean_tokens": m["mean_tokens"], "path": summary["model"],
         }  # fmt: skip
     return out
 
@@ -203,40 +213,28 @@ def style_curve(run_root: Path, teacher: str) -> list[dict[str, Any]]:
 
 
 def run_seed(cfg: TestbedConfig, seed: int, root: Path) -> dict[str, Any]:
-    import torch
-
-    from t3s.analysis.runner import AnalysisOptions, analyze
-    from t3s.models import load_model, load_tokenizer
+    """`t3s run`'s chain on the testbed's data, then its own records: the gate and the summary."""
+    from t3s.evaluation import bench_name
     from t3s.pipeline import run_pipeline
-    from t3s.testbed.gate import competence_gate
+    from t3s.stage import execute
+    from t3s.testbed.gate import GateStage
 
     start = time.time()
     student = student_model(cfg.student)
     paths = prepare_data(cfg, seed, root)
     corpus = teacher_corpus(cfg, paths["prompts"], root)
     if cfg.cross_student:
-        cross_probe(cfg, corpus, paths["curve"], root, seed)
-    models = run_pipeline(run_config(cfg, student, corpus, paths["curve"], root, seed))
-    tokenizer = load_tokenizer(student)
-    final = score_models(cfg, models, paths["heldout"], root, tokenizer)
-    gate_path = RunDir(root).testbed_dir / "gate.json"
-    if gate_path.exists():
-        gate = read_json(gate_path)
-    else:
-        heldout = make_problems(cfg.heldout_spec(), cfg.heldout_problems, seed=7_777)
-        model = load_model(student, device=torch.device("cpu") if not torch.cuda.is_available() else None)
-        # The base model's held-out score above is the own-style half of the gate: same problems, greedy.
-        gate = competence_gate(
-            model, tokenizer, heldout, cfg.teacher, cfg.max_new_tokens, final["base"]["accuracy"]
-        )
-        write_json(gate_path, gate)
-    analyze(root, cfg.analyses, AnalysisOptions(), skip_missing=True)
+        cross_probe(cfg, corpus, paths, root, seed)
+    run = RunDir(root)
+    models = run_pipeline(run_config(cfg, student, corpus, paths, root, seed))
+    final = final_scores(cfg, run, bench_name(paths["heldout"]), list(models))
+    gate_stage = GateStage(cfg.heldout(), cfg.teacher, cfg.max_new_tokens, final["base"]["accuracy"])
     summary = {
-        "seed": seed, "final": final, "gate": gate, "curve": style_curve(root, cfg.teacher),
-        "bottleneck": RunDir(root).bottleneck(),
+        "seed": seed, "final": final, "gate": execute(run, gate_stage)["summary"],
+        "curve": style_curve(root, cfg.teacher), "bottleneck": run.bottleneck(),
         "config": json.loads(cfg.model_dump_json()), "seconds": round(time.time() - start, 1),
     }  # fmt: skip
-    write_json(RunDir(root).testbed_dir / "summary.json", summary)
+    write_json(run.testbed_summary, summary)
     return summary
 
 
@@ -257,7 +255,6 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 def run_testbed(cfg: TestbedConfig) -> dict[str, Any]:
     """Every seed in its own run directory (RUN/seed-K with several seeds), then the report."""
     from t3s.report import build_report
-    from t3s.testbed import report_sections  # noqa: F401  (registers the testbed's sections)
 
     single = len(cfg.seeds) == 1
     roots = [cfg.run_dir if single else cfg.run_dir / f"seed-{s}" for s in cfg.seeds]
