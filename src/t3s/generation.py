@@ -18,9 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
+
+if TYPE_CHECKING:
+    import torch
 
 from t3s.errors import T3SError
 from t3s.fingerprint import digest
@@ -212,10 +214,19 @@ class TransformersEngine:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return Completion(text, len(ids), "stop", self.stops[ids[-1]])
 
-    @torch.inference_mode()
     def generate(
         self, prompts: Sequence[list[int]], params: SamplingParams, on_batch: OnBatch | None = None
     ) -> list[list[Completion]]:
+        import torch
+
+        with torch.inference_mode():
+            return self._generate(prompts, params, on_batch)
+
+    def _generate(
+        self, prompts: Sequence[list[int]], params: SamplingParams, on_batch: OnBatch | None
+    ) -> list[list[Completion]]:
+        import torch
+
         model = self.model
         was_training = model.training
         model.eval()

@@ -24,7 +24,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from t3s.backends import BackendOptions, BackendSpec, make_backend
-from t3s.confidence import score
 from t3s.data import Example
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, model_fingerprint
@@ -189,6 +188,8 @@ class AccuracyProbe:
         if train and self.settings.loss:
             was_training = model.training
             model.eval()
+            from t3s.confidence import score
+
             nll = -sum(float(np.nansum(v)) for _, v in score(model, train))
             model.train(was_training)
             tokens = sum(t.response_end - max(t.response_start, 1) for t in train)

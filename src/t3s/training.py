@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from t3s.errors import T3SError
@@ -145,6 +144,8 @@ def training_arguments(
         raise T3SError(
             f"batch_size {recipe.batch_size} is not a multiple of micro_batch_size x processes = {per_step}"
         )
+    import torch
+
     cuda = torch.cuda.is_available()
     bf16 = recipe.mixed_precision == "bf16" or (recipe.mixed_precision == "auto" and cuda)
     return TrainingArguments(
@@ -235,6 +236,7 @@ def _stop_on_nonfinite_loss(where: Path) -> Any:
 
 
 def _trainer_class() -> Any:
+    import torch
     from transformers import Trainer
 
     class MaskedTrainer(Trainer):  # type: ignore[misc]

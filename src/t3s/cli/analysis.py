@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from t3s.analysis.runner import AnalysisOptions
+from t3s.analysis.options import AnalysisOptions
 from t3s.cli.console import out
 from t3s.cli.model_options import FromModel
 
