@@ -56,7 +56,9 @@ def test_the_manifest_echo_of_a_config_is_unchanged() -> None:
         recipe={"lora": {}},
         policies=["t3s", {"policy": "random", "fraction": 0.2}],
     )  # type: ignore[arg-type]
-    text = json.dumps(config.model_dump(mode="json", exclude=NEW_SECTIONS))  # key order too, as the manifest writes it
+    text = json.dumps(
+        config.model_dump(mode="json", exclude=NEW_SECTIONS)
+    )  # key order too, as the manifest writes it
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == "462803a2e609ee9f"
 
 

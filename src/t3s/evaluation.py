@@ -13,7 +13,9 @@ generated again. The summary `<out>.json` is written atomically once every sampl
 the verifier errors apart from wrong answers (they stay in the accuracy's denominator), and more
 than `max_verifier_errors` of them stop the evaluation before the summary is written. maj@k votes
 group answers by the verifier's equivalence (`maj_grouping`: math-verify, a custom verifier's
-`equivalent`, or exact strings).
+`equivalent`, or exact strings). Under `accelerate launch` or torchrun each process samples whole
+chunks of problems, dealt in turn, into a samples file of its own that the main process merges into
+the shared one (a killed job's too, at the next start); the main process writes the summary.
 
 With a run directory, θ0 (step 0) and every probe checkpoint on disk (or trained policy models)
 are scored into `RUN/eval/<bench>/`: `step-NNNNN.json` + `step-NNNNN.samples.jsonl` per checkpoint,
@@ -32,6 +34,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from t3s import distributed
 from t3s.backends import BackendOptions, BackendSpec, EngineBackend, Kind, chunk_seed, make_backend
 from t3s.data import Problem, PromptItem, _scan, parse_prompt_item
 from t3s.errors import T3SError
@@ -42,7 +45,7 @@ from t3s.metrics import problem_scores, summarize
 from t3s.rundir import RunDir
 from t3s.sampling import SampleRecord, check_verifier_errors, sample_and_verify
 from t3s.stage import Attempt, Stage, execute
-from t3s.store import SampleStore
+from t3s.store import SampleStore, merge_partials, partial_path
 from t3s.tokens import Template, encode_prompt
 from t3s.verify import Grouping, VerifierPool, load_verifier
 
@@ -148,9 +151,12 @@ def output_paths(out: str | Path) -> tuple[Path, Path]:
     return out / "results.json", out / "samples.jsonl"
 
 
-def _sample_store(samples_path: Path, model_fp: str, params_hash: str) -> SampleStore:
-    """One model's samples under one set of sampling parameters, within a samples file."""
-    return SampleStore(samples_path, {"model": model_fp, "params": params_hash})
+def _sample_store(
+    samples_path: Path, model_fp: str, params_hash: str, *, append_to: Path | None = None
+) -> SampleStore:
+    """One model's samples under one set of sampling parameters, within a samples file (new ones
+    appended to `append_to`, a process's own file, when several processes share the evaluation)."""
+    return SampleStore(samples_path, {"model": model_fp, "params": params_hash}, append_to=append_to)
 
 
 def result_samples(out: str | Path) -> list[dict[str, Any]]:
@@ -189,6 +195,8 @@ def evaluate(
     `backend_factory(model_path)` (an engine) defaults to `make_backend`'s and is called only if
     samples are missing; `info` is merged into the summary (a run's step or policy). Returns the summary.
     """
+    from accelerate.utils import gather_object
+
     from t3s.models import load_tokenizer
 
     summary_path, samples_path = output_paths(out)
@@ -200,7 +208,14 @@ def evaluate(
     model_fp = model_fingerprint(model_path)
     params_hash = settings.params_hash()
     n = settings.samples
-    store = _sample_store(samples_path, model_fp, params_hash)
+    state = distributed.state()
+    if state.is_main_process:
+        merge_partials(samples_path)  # left by a killed multi-process evaluation
+    state.wait_for_everyone()
+    multi = state.num_processes > 1
+    own = partial_path(samples_path, state.process_index) if multi else None
+    store = _sample_store(samples_path, model_fp, params_hash, append_to=own)
+    mine = _shard(len(problems), settings.chunk, state.process_index, state.num_processes)
     options = settings.backend_options()
     backend = (
         EngineBackend(lambda: backend_factory(model_path), options)
@@ -217,9 +232,9 @@ def evaluate(
     try:
         sampled = sample_and_verify(
             backend,
-            [p.id for p in problems],
-            prompts,
-            [p.answer for p in problems],
+            [problems[i].id for i in mine],
+            [prompts[i] for i in mine],
+            [problems[i].answer for i in mine],
             settings.sampling(),
             pool,
             store=store,
@@ -230,17 +245,22 @@ def evaluate(
         if sampled.generated:
             gc.collect()
             _empty_cuda_cache()
-        rows = [sampled.records[i * n : (i + 1) * n] for i in range(len(problems))]
+        local = [sampled.records[j * n : (j + 1) * n] for j in range(len(mine))]
         # Truncated samples never reached a final answer: they do not vote.
-        groupings = pool.group_answers(
-            [[r.extracted if r.finish_reason == "stop" else None for r in rs] for rs in rows]
+        local_groupings = pool.group_answers(
+            [[r.extracted if r.finish_reason == "stop" else None for r in rs] for rs in local]
         )
     finally:
         if own_pool:
             pool.close()
+    share = (mine, local, local_groupings, sampled.generated)
+    rows, groupings, generated = _gathered(len(problems), gather_object([share]) if multi else [share])
+    if multi and state.is_main_process:
+        merge_partials(samples_path)  # every process has appended its last sample: gather waits for all
 
     where, setting = f"eval {label or model_path} on {bench.name}", "--max-verifier-errors"
-    errors = check_verifier_errors(sampled.records, settings.max_verifier_errors, where, setting)
+    records = [r for rs in rows for r in rs]
+    errors = check_verifier_errors(records, settings.max_verifier_errors, where, setting)
     grouping_errors = check_verifier_errors(
         groupings, settings.max_verifier_errors, where, setting, "maj@k answer groupings"
     )
@@ -262,11 +282,31 @@ def evaluate(
         "maj_grouping": pool.grouping,
         "backend": settings.backend,
         "samples_file": samples_path.name,
-        "generated": sampled.generated,
+        "generated": generated,
         **summary,
     }
-    write_json(summary_path, summary)
+    if state.is_main_process:
+        write_json(summary_path, summary)
+    state.wait_for_everyone()  # the other processes may read it next (a run's curve)
     return summary
+
+
+def _shard(n: int, chunk: int, process: int, processes: int) -> list[int]:
+    """The problems one process samples: whole chunks, dealt in turn. A fresh evaluation's generate
+    calls (and so their seeds) are then those of one process: samples do not depend on the count."""
+    return [i for i in range(n) if (i // chunk) % processes == process]
+
+
+def _gathered(
+    n: int, shares: Sequence[tuple[list[int], list[list[SampleRecord]], list[Grouping], int]]
+) -> tuple[list[list[SampleRecord]], list[Grouping], int]:
+    """Every process's (problems, their samples, their answer groups, samples generated) in problem order."""
+    rows: list[Any] = [None] * n
+    groupings: list[Any] = [None] * n
+    for mine, local, local_groupings, _ in shares:
+        for i, samples, grouping in zip(mine, local, local_groupings, strict=True):
+            rows[i], groupings[i] = samples, grouping
+    return rows, groupings, sum(share[3] for share in shares)
 
 
 def _summarize(
@@ -425,7 +465,8 @@ class EvalStage(Stage):
                     info=t.info,
                 )
                 self.rows = _matching_rows(out_dir, prefix, prefix, bench, settings, pool.grouping)
-                write_jsonl(table, self.rows)
+                if attempt.main:
+                    write_jsonl(table, self.rows)
         finally:
             pool.close()
         return {"table": str(table.relative_to(run.root))}

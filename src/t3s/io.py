@@ -116,6 +116,11 @@ def _last_newline_end(fh: Any, size: int, block: int = 1 << 16) -> int:
 
 def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
     """Durably append one line, first cutting off a torn tail left by an interrupted append."""
+    append_jsonl_rows(path, [row])
+
+
+def append_jsonl_rows(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
+    """Durably append lines, first cutting off a torn tail left by an interrupted append."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab+") as fh:
@@ -125,6 +130,6 @@ def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
             if fh.read(1) != b"\n":
                 fh.truncate(_last_newline_end(fh, size))
         fh.seek(0, os.SEEK_END)
-        fh.write((json.dumps(row, default=str) + "\n").encode("utf-8"))
+        fh.write("".join(json.dumps(r, default=str) + "\n" for r in rows).encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())

@@ -153,7 +153,7 @@ class AccuracyProbe:
         self.verifier = VerifierPool(load_verifier(settings.verifier))
 
     def _local_measure(self, model: Any, step: int, checkpoint: Path, index: Sequence[int]) -> list[Any]:
-        from accelerate import PartialState
+        from t3s import distributed
 
         settings = self.settings
         source = BackendSpec("vllm", str(checkpoint)) if settings.backend == "vllm" else model
@@ -166,7 +166,7 @@ class AccuracyProbe:
         backend = make_backend(source, options, tokenizer=self.tokenizer)
         # Each process stores its own share: one file per process, so that appends never interleave.
         store = SampleStore(
-            self.run.probe_partial_samples(step, PartialState().process_index),
+            self.run.probe_partial_samples(step, distributed.state().process_index),
             {"probe": self.fingerprint, "step": step},
         )
         records = sample_and_verify(
@@ -198,10 +198,11 @@ class AccuracyProbe:
     def measure(self, model: Any, step: int, checkpoint: Path) -> dict[str, Any] | None:
         """Measure `model`, saved at `checkpoint` (θ0: the model's own directory), on every process
         (each a share of the prompts); the main process gets the row."""
-        from accelerate import PartialState
         from accelerate.utils import gather_object
 
-        state = PartialState()
+        from t3s import distributed
+
+        state = distributed.state()
         with state.split_between_processes(list(range(len(self.prompts)))) as mine:
             local = self._local_measure(model, step, checkpoint, mine)
         parts = gather_object([local]) if state.num_processes > 1 else [local]
@@ -272,13 +273,11 @@ class Probe:
         )
 
     def record(self, model: Any, step: int, loss: float | None, checkpoint: Path) -> None:
-        from accelerate import PartialState
-
         if not self.needs_eval(step) or step in self.evaluated():
             return
         assert self.accuracy is not None
         row = self.accuracy.measure(model, step, checkpoint)
-        if PartialState().is_main_process and row is not None:
+        if row is not None:  # only the main process gets the row
             row = {"step": step, "train_loss": loss, **{k: v for k, v in row.items() if k != "step"}}
             row["wall_time"] = round(time.time() - self.started, 2)
             append_jsonl(self.run.metrics, row)
@@ -294,9 +293,9 @@ class Probe:
 
     def prune(self) -> None:
         """Strip training state from all but the latest checkpoint; online mode deletes the unneeded."""
-        from accelerate import PartialState
+        from t3s import distributed
 
-        if not PartialState().is_main_process:
+        if not distributed.state().is_main_process:
             return
         checkpoints = list_checkpoints(self.run.checkpoints_dir)
         if not checkpoints:
@@ -404,11 +403,11 @@ class ProbeStage(Stage):
 
     def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
         import torch
-        from accelerate import PartialState
 
+        from t3s import distributed
         from t3s.models import load_model
 
-        state = PartialState()
+        state = distributed.state()
         recipe, settings, model_path = self.recipe, self.settings, self.model_path
         remote = self.trust_remote_code
         run.checkpoints_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ one `logprob_<name>` list<float32> column per scored model (same length as `inpu
 outside the response) and `delta` = logprob_bottleneck - logprob_base when both are scored.
 Scores are cached per (tokens, checkpoint, scoring dtype) fingerprint in shards of examples, so a
 killed profile resumes where it stopped and a rerun recomputes nothing; under `accelerate launch`
-each process scores its own shards.
+or torchrun each process scores its own shards, and the main process writes the profile.
 
 Precision. The output layer runs in float32 (`t3s.confidence`), but the rest of the model runs in
 the scoring dtype (bf16 by default on GPUs), whose rounding moves every c_t and so Δc. The summary
@@ -64,11 +64,10 @@ def _shards(n: int, size: int) -> list[range]:
 
 def scoring_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, str]:
     """The device this process scores on and the dtype name (`float32`, `bfloat16`, ...) it scores in."""
-    from accelerate import PartialState
-
+    from t3s import distributed
     from t3s.models import resolve_device, resolve_dtype
 
-    dev = resolve_device(device) if device else PartialState().device
+    dev = resolve_device(device) if device else distributed.state().device
     return dev, str(resolve_dtype(dtype, dev)).removeprefix("torch.")
 
 
@@ -87,11 +86,10 @@ def score_checkpoint(
     label: str = "",
 ) -> list[np.ndarray]:
     """Per-token log-probs of `items` under one checkpoint, from cache where already computed."""
-    from accelerate import PartialState
-
+    from t3s import distributed
     from t3s.models import load_model, resolve_dtype
 
-    state = PartialState()
+    state = distributed.state()
     dev, dtype_name = scoring_dtype(device, dtype)
     fp = digest(tokens_fp, model_fingerprint(model_path), dtype_name)
     part_dir = cache_dir / fp
@@ -117,9 +115,10 @@ def score_checkpoint(
                     schema=pa.schema([("id", pa.string()), ("logprob", pa.list_(pa.float32()))]),
                 )
                 write_parquet(paths[k], table)
-        write_json(part_dir / "source.json", {"model": model_path, "tokens": tokens_fp, "dtype": dtype_name})
         del model
     state.wait_for_everyone()
+    if state.is_main_process:
+        write_json(part_dir / "source.json", {"model": model_path, "tokens": tokens_fp, "dtype": dtype_name})
     out: list[np.ndarray] = []
     for k, path in enumerate(paths):
         column = pq.read_table(path).column("logprob").to_pylist()
@@ -160,8 +159,9 @@ def build_profile(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Score every named checkpoint and write the profile Parquet; returns its summary."""
-    from accelerate import PartialState
+    from t3s import distributed
 
+    main = distributed.state().is_main_process
     scores = {
         check_name(name): score_checkpoint(path, items, tokens_fp, cache_dir, label=name, **kwargs)
         for name, path in models.items()
@@ -186,7 +186,7 @@ def build_profile(
             "quantiles": {str(q): float(np.quantile(flat, q)) for q in (0.01, 0.1, 0.5, 0.9, 0.99)},
             "resolution": {"band": band, "within_share": within},
         }
-        if dtype_name != "float32" and within > _NOISY_SHARE and PartialState().is_main_process:
+        if dtype_name != "float32" and within > _NOISY_SHARE and main:
             console.print(
                 f"[yellow]warning:[/] {within:.0%} of response tokens have |Δc| < {band:g} nats, inside "
                 f"{dtype_name}'s rounding: their side of the anchor threshold is partly noise; "
@@ -194,7 +194,7 @@ def build_profile(
                 highlight=False,
                 soft_wrap=True,
             )
-    if PartialState().is_main_process:
+    if main:
         write_parquet(out, table)
         write_json(out.with_suffix(".json"), summary)
     return summary

@@ -18,9 +18,9 @@ from rich.progress import (
 
 
 def _is_main() -> bool:
-    from accelerate import PartialState
+    from t3s import distributed
 
-    return PartialState().is_main_process
+    return bool(distributed.state().is_main_process)
 
 
 class Bar:

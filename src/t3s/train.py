@@ -72,13 +72,13 @@ class TrainStage(Stage):
 
     def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
         import torch
-        from accelerate import PartialState
 
+        from t3s import distributed
         from t3s.models import load_model, load_tokenizer
 
         assert self.recipe is not None and self.base is not None  # set by fingerprint
         recipe, base, remote = self.recipe, self.base, self.trust_remote_code
-        state = PartialState()
+        state = distributed.state()
         out, ckpt_dir, log = (
             run.train_dir(self.policy),
             run.train_checkpoints(self.policy),

@@ -8,7 +8,7 @@ batch and masking never rescales the step size. A model whose `forward` takes Tr
 kwargs computes that loss itself; for any other model `build_trainer` computes it from the logits
 (`causal_lm_loss`), since Trainer would otherwise average per-micro-batch means. A non-finite loss
 stops training at the step it appears (`NonFiniteLoss`). Runs under `accelerate launch` (DDP,
-FSDP, DeepSpeed) unchanged.
+FSDP, DeepSpeed) and, on CPUs, torchrun (DDP over gloo) unchanged (`t3s.distributed`).
 """
 
 from __future__ import annotations
@@ -124,9 +124,9 @@ def prepare_model(model: Any, recipe: TrainRecipe) -> Any:
 
 
 def world_size() -> int:
-    from accelerate import PartialState
+    from t3s import distributed
 
-    return PartialState().num_processes
+    return int(distributed.state().num_processes)
 
 
 def training_arguments(
@@ -138,16 +138,16 @@ def training_arguments(
 ) -> Any:
     from transformers import TrainingArguments
 
+    from t3s import distributed
+
     world = world_size()
     per_step = recipe.micro_batch_size * world
     if recipe.batch_size % per_step:
         raise T3SError(
             f"batch_size {recipe.batch_size} is not a multiple of micro_batch_size x processes = {per_step}"
         )
-    import torch
-
-    cuda = torch.cuda.is_available()
-    bf16 = recipe.mixed_precision == "bf16" or (recipe.mixed_precision == "auto" and cuda)
+    cpu = distributed.on_cpu()
+    bf16 = recipe.mixed_precision == "bf16" or (recipe.mixed_precision == "auto" and not cpu)
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=recipe.steps,
@@ -163,7 +163,8 @@ def training_arguments(
         optim=recipe.optim,
         seed=recipe.seed,
         bf16=bf16 and recipe.param_dtype == "float32",
-        use_cpu=not cuda,
+        # Trainer re-creates accelerate's state from this: it must join the group t3s joined.
+        use_cpu=cpu,
         **_checkpointing_arg(TrainingArguments, recipe.gradient_checkpointing),
         logging_steps=1,
         report_to=recipe.report_to or "none",
