@@ -37,7 +37,17 @@ from t3s.models import load_model
 from t3s.rundir import RunDir
 
 _BUILT: dict[str, Path] = {}
-ANALYSES = ["shock", "groups", "drops", "tokens", "intervention", "gradients", "transfer", "separability"]
+ANALYSES = [
+    "shock",
+    "groups",
+    "drops",
+    "tokens",
+    "lossshare",
+    "intervention",
+    "gradients",
+    "transfer",
+    "separability",
+]
 
 
 def probed_run(tiny_model: Path, tokenizer, root: Path) -> Path:

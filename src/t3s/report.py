@@ -224,6 +224,55 @@ def probe_section(ctx: ReportContext) -> list[Section]:
     return _titled(ctx, "Imitation Shock (probe)", 10, lambda r: _shock_items(ctx, r))
 
 
+def _loss_share_items(data: dict[str, Any]) -> list[Item]:
+    """Where θ0's teacher-forced loss sits: by Δc band, by token class, in each policy's kept tokens."""
+    bands = [
+        [r["band"], pct(r["token_share"]), pct(r["loss_share"]), fmt(r["mean_nll"])] for r in data["bands"]
+    ]
+    classes = [
+        [
+            r["class"],
+            pct(r["token_share"]),
+            pct(r["loss_share"]),
+            pct(r["anchor_share"]),
+            fmt(r["mean_delta"]),
+        ]
+        for r in data["classes"]
+    ]
+    policies = [
+        [
+            name,
+            pct(r["kept_token_share"]),
+            pct(r["loss_share"]),
+            "low: little left to learn" if r["warning"] else "",
+        ]
+        for name, r in data["policies"].items()
+    ]
+    items: list[Item] = [
+        Table(
+            ["Δc band (nats)", "response tokens", "θ0 loss", "θ0 mean NLL (nats)"],
+            bands,
+            f"Share of response tokens and of θ0's teacher-forced loss per Δc band (anchors: Δc > "
+            f"{fmt(data['threshold'])}, {pct(data['anchor_share'])} of tokens, {pct(data['anchor_loss_share'])} of the loss).",
+        ),
+        Table(
+            ["token class", "response tokens", "θ0 loss", "anchors", "mean Δc"],
+            classes,
+            "By token class: format (no letter or digit), digits, words.",
+        ),
+    ]
+    if policies:
+        items.append(
+            Table(
+                ["masks", "kept tokens", "θ0 loss kept", ""],
+                policies,
+                f"θ0's loss carried by the tokens each policy keeps; under {pct(data['low_share'])} the masked "
+                "objective has almost nothing left to learn.",
+            )
+        )
+    return items
+
+
 def _token_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
     items: list[Item] = []
     summary = run.json(run.run.profile_summary)
@@ -238,6 +287,12 @@ def _token_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
             ["checkpoints scored", ", ".join(summary.get("models", {}))],
         ]
         items.append(Table(["profile", "value"], rows, "Δc = c(θb) − c(θ0) per response token."))
+    share = run.analysis("lossshare")
+    if share:
+        items += _loss_share_items(share)
+        items += _figure(
+            ctx, run, "lossshare", "Share of response tokens and of θ0's loss per Δc band and token class."
+        )
     groups = run.analysis("groups")
     if groups:
         items += _figure(

@@ -114,6 +114,9 @@ class RunDir:
     def masks_dir(self, policy: str) -> Path:
         return self.root / "masks" / policy
 
+    def masks_dirs(self) -> list[Path]:
+        return sorted(p for p in (self.root / "masks").glob("*") if p.is_dir())
+
     @property
     def train_root(self) -> Path:
         """Every policy's training, `rrt` included: RUN/train/<policy>."""

@@ -23,13 +23,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from rich.console import Console
 
+from t3s.analysis.lossshare import kept_loss_share, low_share_warning
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, file_digest
 from t3s.io import atomic_dir, read_json, write_json
 from t3s.masks import is_anchor, labels_from_mask, response_mask
 from t3s.rundir import RunDir, read_profile
 from t3s.stage import Attempt, Stage, execute
+
+console = Console(stderr=True)
 
 Policy = Literal["sft", "t3s", "inverse", "static-high", "static-low", "random"]
 POLICIES: tuple[str, ...] = Policy.__args__  # type: ignore[attr-defined]
@@ -281,6 +285,10 @@ class SelectStage(Stage):
         assert self.table is not None  # read by fingerprint
         keeps = select(self.table, self.options)
         info = {"policy": self.options.policy, "options": self.options.model_dump(), "source": self.source}
+        info["theta0_loss_share"] = kept_loss_share(self.table, keeps)
+        warning = low_share_warning(self.policy, info["theta0_loss_share"])
+        if warning and attempt.main:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         if attempt.main:
             stats = write_masks(run.masks_dir(self.policy), self.table, keeps, info)
         else:

@@ -9,7 +9,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The analyses, in the order `all` runs them (`t3s.analysis.runner.run_<name>` each).
-NAMES = ("shock", "groups", "drops", "tokens", "intervention", "gradients", "transfer", "separability")
+NAMES = (
+    "shock",
+    "groups",
+    "drops",
+    "tokens",
+    "lossshare",
+    "intervention",
+    "gradients",
+    "transfer",
+    "separability",
+)
 
 
 def analysis_names(names: list[str]) -> list[str]:

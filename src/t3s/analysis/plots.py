@@ -303,3 +303,21 @@ def policy_loss_figure(histories: dict[str, list[dict[str, Any]]]) -> Figure:
     _steps_axes(ax, "Training loss by policy", "loss (nats / kept token)", "optimizer step")
     ax.legend(fontsize=8)
     return fig
+
+
+def lossshare_figure(data: dict[str, Any]) -> Figure:
+    """Share of response tokens against share of θ0's loss, per Δc band and per token class."""
+    fig, axes = _figure(2)
+    panels = [("Per Δc band (nats)", "band", data["bands"]), ("Per token class", "class", data["classes"])]
+    for ax, (title, key, rows) in zip(axes, panels, strict=True):
+        x = np.arange(len(rows))
+        for offset, (field, label, color) in zip(
+            (-0.2, 0.2),
+            (("token_share", "response tokens", OTHER_COLOR), ("loss_share", "θ0's loss", ANCHOR_COLOR)),
+            strict=True,
+        ):
+            ax.bar(x + offset, _percent([r[field] for r in rows]), width=0.4, label=label, color=color)
+        ax.set_xticks(x, [r[key] for r in rows])
+        ax.set(title=title, ylabel="share (%)")
+        ax.legend()
+    return fig

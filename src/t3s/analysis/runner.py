@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 from rich.console import Console
 
-from t3s.analysis import artifacts, groups, plots, shock, tokens
+from t3s.analysis import artifacts, groups, lossshare, plots, shock, tokens
 from t3s.analysis.artifacts import Profile
 from t3s.analysis.options import NAMES, AnalysisOptions, AnalyzeSettings, analysis_names
 from t3s.errors import T3SError
@@ -300,6 +300,61 @@ def run_separability(ctx: Context) -> dict[str, Any]:
     return {
         "auroc_base_confidence": data["histogram"]["auroc_base_confidence"],
         "auroc_sketch_mean_direction": data["auroc_sketch_mean_direction"],
+    }
+
+
+def _policy_keeps(ctx: Context) -> dict[str, np.ndarray]:
+    """Each masked dataset of the run, read as a keep flag per scored token of the profile."""
+    from t3s.selection import read_masks
+
+    p = ctx.profile
+    out = {}
+    for folder in ctx.run.masks_dirs():
+        table = read_masks(folder)
+        by_id = dict(zip(table.column("id").to_pylist(), table.column("loss_mask").to_pylist(), strict=True))
+        if any(i not in by_id for i in p.ids):
+            continue  # masks of other examples (e.g. a subset): nothing to read them against
+        rows = [np.asarray(by_id[i], dtype=bool) for i in p.ids]
+        out[folder.name] = np.fromiter(
+            (rows[e][pos] for e, pos in zip(p.example, p.position, strict=True)),
+            dtype=bool,
+            count=len(p.example),
+        )
+    return out
+
+
+def run_lossshare(ctx: Context) -> dict[str, Any]:
+    from t3s.models import load_tokenizer
+
+    p = ctx.profile
+    tokenizer = load_tokenizer(ctx.run.base_model(), trust_remote_code=ctx.options.trust_remote_code)
+    ids, inverse = np.unique(p.token, return_inverse=True)
+    classes = np.asarray([lossshare.token_class(tokenizer.decode([int(i)])) for i in ids])[inverse]
+    nll = -p.logprobs["base"].astype(np.float64)
+    anchors = ctx.anchors()
+    policies = {}
+    for name, kept in _policy_keeps(ctx).items():
+        share = lossshare.loss_share(nll, kept)
+        policies[name] = {
+            "kept_token_share": float(kept.mean()),
+            "loss_share": share,
+            "warning": lossshare.low_share_warning(name, share),
+        }
+    data = {
+        "threshold": ctx.options.threshold,
+        "bottleneck_step": ctx.record.get("step"),
+        "tokens": len(nll),
+        "anchor_share": float(anchors.mean()),
+        "anchor_loss_share": lossshare.loss_share(nll, anchors),
+        "low_share": lossshare.LOW_LOSS_SHARE,
+        "bands": lossshare.delta_bands(p.delta, nll),
+        "classes": lossshare.by_class(p.delta, nll, classes, ctx.options.threshold),
+        "policies": policies,
+    }
+    data = ctx.save("lossshare", data, plots.lossshare_figure(data))
+    return {
+        "anchor_loss_share": data["anchor_loss_share"],
+        **{f"loss_share_{k}": v["loss_share"] for k, v in policies.items()},
     }
 
 
