@@ -111,7 +111,9 @@ def stages(cfg: RunConfig, run: RunDir, tokenizer: Any) -> Iterator[Stage]:
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run every stage of `cfg`, then write the report if asked; returns the models it made, by name."""
     from t3s.models import load_tokenizer
+    from t3s.testbed import resolve_builtin
 
+    cfg = cfg.model_copy(update={"model": resolve_builtin(cfg.model)})
     if cfg.rrt:  # RRT is the last training stage: a run that cannot do it is refused before the first
         from t3s.rrt import check_rrt_inputs
 
