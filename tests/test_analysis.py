@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from conftest import arithmetic_rows, write_jsonl
 from t3s.analysis import artifacts, groups, separability, shock, tokens, transfer
 from t3s.analysis.gradients import ANCHOR, OTHER, anchor_step, gradient_stats, step_direction
+from t3s.analysis.options import NAMES
 from t3s.analysis.runner import AnalysisOptions, analyze, parse_names
 from t3s.analysis.tokenloss import (
     TokenSample,
@@ -37,17 +38,7 @@ from t3s.models import load_model
 from t3s.rundir import RunDir
 
 _BUILT: dict[str, Path] = {}
-ANALYSES = [
-    "shock",
-    "groups",
-    "drops",
-    "tokens",
-    "lossshare",
-    "intervention",
-    "gradients",
-    "transfer",
-    "separability",
-]
+ANALYSES = list(NAMES)
 
 
 def probed_run(tiny_model: Path, tokenizer, root: Path) -> Path:
@@ -502,4 +493,6 @@ def test_analyze_errors_name_what_to_run_first(run: Path, tmp_path: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     assert "gradients: skipped" in result.output and "shock: {" in result.output
-    assert parse_names("all") == ANALYSES
+    assert " ".join(parse_names("all")) == (
+        "shock groups drops tokens lossshare intervention gradients transfer separability"
+    )
