@@ -132,7 +132,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
         run.record("config", cfg.model_dump(mode="json"))
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     for stage in stages(cfg, run, tokenizer):
-        console.rule(stage.name)
+        if main:  # one heading per stage, not one per process
+            console.rule(stage.name)
         execute(run, stage)
     models = {name: run.model(name) for name in made}
     if main:

@@ -302,6 +302,9 @@ def run_config(
 
         print_testbed_result(run_testbed(load_testbed(config, overrides)))
         return
+    from t3s.distributed import state
+
     models = run_pipeline(load_config(config, overrides))
-    for name, path in models.items():
-        out.print(f"{name:>14}: {path}", highlight=False)
+    if state().is_main_process:
+        for name, path in models.items():
+            out.print(f"{name:>14}: {path}", highlight=False)
