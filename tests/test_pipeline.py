@@ -138,7 +138,9 @@ def test_eval_analyze_and_report_end_the_chain(
     assert "## Evaluation" in md and "## Token groups (Δc at θb)" in md
 
 
-def test_eval_sections_prompt_as_the_run_was_tokenized_and_name_its_models(tmp_path: Path, monkeypatch) -> None:
+def test_eval_sections_prompt_as_the_run_was_tokenized_and_name_its_models(
+    tmp_path: Path, monkeypatch
+) -> None:
     from t3s.config import RunConfig
     from t3s.pipeline import run_pipeline
 
