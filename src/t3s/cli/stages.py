@@ -279,7 +279,8 @@ def run_config(
     ] = None,
     run_dir: Annotated[Path | None, typer.Option(help="run directory, in place of the config's")] = None,
 ) -> None:
-    """Run the whole chain (probe, profile, select, train each policy, RRT), skipping finished stages.
+    """Run the whole chain (probe, profile, select, train each policy, RRT, then the config's eval,
+    analyze and report sections), skipping finished stages.
 
     A config with a top-level `testbed:` mapping runs the built-in testbed instead (see `t3s demo`);
     its settings are overridden as testbed.KEY.
