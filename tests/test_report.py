@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from t3s import report
+from t3s.analysis.options import NAMES
 from t3s.cli import app
 from t3s.errors import T3SError
 from t3s.io import write_json
@@ -45,7 +46,7 @@ def test_report_of_an_analysed_run_is_self_contained(run: Path) -> None:
     assert not re.search(r"(src|href)=\"(?!data:|#)", page)
     assert "<script" not in page and "<link" not in page and "http" not in page.split("<main>")[0]
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 8  # one per analysis
+    assert len(images) == len(NAMES)  # one per analysis
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert h2_titles(page) == [
         "Overview",
