@@ -67,7 +67,7 @@ class TestbedConfig(BaseModel):
         None, description="cross-model selection: 'raw' (SmolLM2 without stage 0) or a path"
     )
     rrt: bool = True
-    analyses: list[str] = Field(default_factory=lambda: ["shock", "groups", "tokens", "drops"])
+    analyses: list[str] = Field(default_factory=lambda: ["shock", "groups", "tokens", "lossshare", "drops"])
 
     def spec(self) -> TaskSpec:
         return TaskSpec(tuple(self.counts), self.low, self.high)
