@@ -119,22 +119,22 @@ def write_config(root: Path, model: Path) -> Path:
     return path
 
 
+def chain(processes: int, model: Path, env: dict[str, str], factory: pytest.TempPathFactory) -> Path:
+    """`t3s run` of the shared config in `processes` processes; returns its run directory."""
+    root = factory.mktemp(f"procs{processes}") / "root"
+    root.mkdir()
+    t3s(env, root, processes, "run", str(write_config(root, model)))
+    return root / "run"
+
+
 @pytest.fixture(scope="module")
 def one(model: Path, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`t3s run` in one process."""
-    root = tmp_path_factory.mktemp("one") / "root"
-    root.mkdir()
-    t3s(env, root, 1, "run", str(write_config(root, model)))
-    return root / "run"
+    return chain(1, model, env, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def two(model: Path, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same `t3s run` in two processes."""
-    root = tmp_path_factory.mktemp("two") / "root"
-    root.mkdir()
-    t3s(env, root, 2, "run", str(write_config(root, model)))
-    return root / "run"
+    return chain(2, model, env, tmp_path_factory)
 
 
 def metrics(run: Path) -> list[dict]:
