@@ -37,4 +37,27 @@ def state() -> Any:
             f"{shared.num_processes} process(es) ({shared.distributed_type}); accelerate's state was "
             "created before t3s joined the group"
         )
+    _warn_sharding_dropped(shared)
     return shared
+
+
+_warned: set[str] = set()
+
+
+def _warn_sharding_dropped(shared: Any) -> None:
+    """accelerate 1.16 runs an FSDP or DeepSpeed launch on CPUs as plain DDP without a word: every
+    process then holds the whole model, which a user sizing memory for sharding must know."""
+    from accelerate.utils import parse_flag_from_env
+
+    asked = [n for n in ("FSDP", "DEEPSPEED") if parse_flag_from_env(f"ACCELERATE_USE_{n}")]
+    if not asked or not on_cpu() or not shared.is_main_process or asked[0] in _warned:
+        return
+    _warned.add(asked[0])
+    from rich.console import Console
+
+    Console(stderr=True).print(
+        f"[yellow]warning:[/] {asked[0]} was requested (ACCELERATE_USE_{asked[0]}) but this job runs "
+        "on CPUs, where accelerate trains with plain DDP: every process holds the whole model",
+        highlight=False,
+        soft_wrap=True,
+    )
