@@ -129,7 +129,7 @@ def draw_seed(seed: int, step: int, micro: int, process: int) -> int:
 def noise_batch(
     batch: dict[str, torch.Tensor], settings: DiffusionSettings, mask_id: int, seed: int
 ) -> torch.Tensor:
-    """Draw one micro-batch's noise into `batch` (noisy_ids, labels, weights); returns its loss-token count."""
+    """Draw one micro-batch's noise into `batch` (noisy_ids, labels, weights, t); returns its loss-token count."""
     device = batch["input_ids"].device
     cpu = {k: batch[k].cpu() for k in ("input_ids", "maskable", "target_mask", "block_ids")}
     noise = draw(
@@ -145,7 +145,10 @@ def noise_batch(
         gen=generator(seed),
     )
     batch.update(
-        noisy_ids=noise.noisy_ids.to(device), labels=noise.labels.to(device), weights=noise.weights.to(device)
+        noisy_ids=noise.noisy_ids.to(device),
+        labels=noise.labels.to(device),
+        weights=noise.weights.to(device),
+        t=noise.t.to(device),  # not used by the loss; kept for inspection (tests, debugging)
     )
     return loss_count(noise, cpu["maskable"], settings.weighting)
 
