@@ -146,3 +146,14 @@ def test_tokenizers_are_compared_by_content_not_by_name(tokenizer) -> None:
         T3SError, match=r"selector: its tokenizer differs from the dLLM student's \(normalizer\)"
     ):
         check_shared_tokenizer(tokenizer, other)
+
+
+@pytest.mark.parametrize("module", ["attention", "targets", "sampler"])
+def test_dllm_doctests(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(
+        importlib.import_module(f"t3s.dllm.{module}"), optionflags=doctest.NORMALIZE_WHITESPACE
+    )
+    assert result.attempted > 0 and result.failed == 0
