@@ -31,7 +31,7 @@ def _answer(r: dict) -> tuple:
 def bench_run(root: Path, settings: AdaptiveSearch) -> dict:
     probe = root / "probe"
     if not (probe / "bottleneck.json").exists():
-        return {"run": str(root), "status": "probe not finished"}
+        return {"run": str(root), "status": "no finished probe (no probe/bottleneck.json)"}
     record = json.loads((probe / "bottleneck.json").read_text())
     rows = sorted(_read_jsonl(probe / "metrics.jsonl"), key=lambda r: r["step"])
     grid = [r["step"] for r in rows]

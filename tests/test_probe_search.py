@@ -254,8 +254,18 @@ def test_benchmark_replays_a_stored_exhaustive_probe(tmp_path: Path) -> None:
         text = "same" if step >= 6 else f"answer {step}"
         write_jsonl(
             probe_dir / "samples" / f"step-{step:05d}.jsonl",
-            [{"id": f"p{i}", "completion": text, "correct": i < c, "num_tokens": 10, "finish_reason": "stop",
-              "stop_token": "<|im_end|>", "error": None} for i in range(8)],  # fmt: skip
+            [
+                {
+                    "id": f"p{i}",
+                    "completion": text,
+                    "correct": i < c,
+                    "num_tokens": 10,
+                    "finish_reason": "stop",
+                    "stop_token": "<|im_end|>",
+                    "error": None,
+                }
+                for i in range(8)
+            ],
         )
     write_jsonl(
         probe_dir / "metrics.jsonl",
@@ -264,8 +274,12 @@ def test_benchmark_replays_a_stored_exhaustive_probe(tmp_path: Path) -> None:
     (probe_dir / "bottleneck.json").write_text(json.dumps({"step": 2}))
     (tmp_path / "partial" / "probe").mkdir(parents=True)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "probe_search.py"), str(tmp_path / "run"),
-         str(tmp_path / "partial")],  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "probe_search.py"),
+            str(tmp_path / "run"),
+            str(tmp_path / "partial"),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -275,4 +289,7 @@ def test_benchmark_replays_a_stored_exhaustive_probe(tmp_path: Path) -> None:
         f"| {tmp_path / 'run'} | 9 ckpts (every 1) | 2 | 2 | 0 / 0 | [0, 3, 6, 2, 1] | 56% | 56% "
         "| n/a (no signal.jsonl) |"
     )
-    assert lines[-1] == f"| {tmp_path / 'partial'} | probe not finished | | | | | | | |"
+    assert (
+        lines[-1]
+        == f"| {tmp_path / 'partial'} | no finished probe (no probe/bottleneck.json) | | | | | | | |"
+    )

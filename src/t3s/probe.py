@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from t3s.backends import BackendOptions, BackendSpec, make_backend
 from t3s.data import Example
@@ -104,6 +111,16 @@ class ProbeSettings(BaseModel):
         if self.search == "adaptive" and self.fixed_step is not None:
             raise ValueError("search 'adaptive' has no accuracy to search with fixed_step (T3S-simple)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left at their defaults, the search settings are not written: manifests and hashes of
+        # exhaustive probes stay as they were before the search was a setting.
+        data: dict[str, Any] = handler(self)
+        if self.search == "exhaustive" and self.adaptive == AdaptiveSearch():
+            data.pop("search", None)
+            data.pop("adaptive", None)
+        return data
 
 
 def eval_grid(recipe: TrainRecipe, settings: ProbeSettings) -> list[int]:
