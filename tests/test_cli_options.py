@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from t3s.cli import app, main
 from t3s.cli.model_options import FromModel, settings_command
 from t3s.probe import ProbeEval, ProbeSettings
+from t3s.probe_search import AdaptiveSearch
 from t3s.tokens import TokenizeConfig
 from t3s.training import LoraSettings, TrainRecipe
 
@@ -185,6 +186,7 @@ def test_probe_help_lists_every_setting() -> None:
     renamed = {"--every": "--eval-every", "--prompts": "--eval-prompts", "--batch-size": "--gen-batch-size",
                "--seed": "--eval-seed", "--loss": "--eval-loss", "--keep-steps": "--keep-step"}  # fmt: skip
     probe_flags = [renamed.get(f, f) for f in [*_flags(ProbeSettings), *_flags(ProbeEval)] if f != "--eval"]
+    probe_flags = [f for f in probe_flags if f != "--adaptive"] + _flags(AdaptiveSearch, "adaptive-")
     for flag in [*_flags(TrainRecipe), *_flags(LoraSettings, "lora-"), *probe_flags, *_flags(TokenizeConfig)]:
         assert flag in listed, flag
     assert {"--no-lora", "--no-gradient-checkpointing", "--no-eval-loss", "--no-freeze-embeddings"} <= listed

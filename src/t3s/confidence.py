@@ -106,17 +106,22 @@ def _positions(items: Sequence[TokenizedExample]) -> tuple[list[int], list[int]]
     return rows, cols
 
 
-@torch.inference_mode()
-def score_batch(model: Any, items: Sequence[TokenizedExample], chunk: int = 1024) -> list[np.ndarray]:
-    """Per-token log-probs for a batch: one float32 array per example, NaN outside the response."""
-    device = next(model.parameters()).device
+def _padded(items: Sequence[TokenizedExample], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids and their attention mask."""
     width = max(len(t.input_ids) for t in items)
     ids = torch.zeros((len(items), width), dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
     for b, t in enumerate(items):
         ids[b, : len(t.input_ids)] = torch.tensor(t.input_ids)
         mask[b, : len(t.input_ids)] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def score_batch(model: Any, items: Sequence[TokenizedExample], chunk: int = 1024) -> list[np.ndarray]:
+    """Per-token log-probs for a batch: one float32 array per example, NaN outside the response."""
+    device = next(model.parameters()).device
+    ids, mask = _padded(items, device)
     rows, cols = _positions(items)
     out = [np.full(len(t.input_ids), np.nan, dtype=np.float32) for t in items]
     if not rows:
@@ -133,6 +138,34 @@ def score_batch(model: Any, items: Sequence[TokenizedExample], chunk: int = 1024
         out[b][start : start + n] = values[offset : offset + n]
         offset += n
     return out
+
+
+@torch.inference_mode()
+def greedy_reproduces(model: Any, items: Sequence[TokenizedExample], chunk: int = 1024) -> list[bool]:
+    """Whether every response token of each item is the model's argmax given the tokens before it.
+
+    Then greedy decoding from the prompt (everything before `response_start`) generates exactly that
+    response, up to near-ties that the generation's own dtype rounds differently (the logits here
+    are float32, as in `score_batch`)."""
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    out = []
+    for batch in batches_by_tokens([len(t.input_ids) for t in items], 16384):
+        part = [items[i] for i in batch]
+        ids, mask = _padded(part, device)
+        rows, cols = _positions(part)
+        hidden = hidden_states(model, ids, mask)
+        r, c = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+        h, targets = hidden[r, c - 1], ids[r, c]
+        hits = torch.empty(len(rows), dtype=torch.bool, device=device)
+        for s in range(0, len(rows), chunk):
+            logits = _finish_logits(model, _logits_float32(head, h[s : s + chunk]))
+            hits[s : s + chunk] = logits.argmax(-1) == targets[s : s + chunk]
+        ok = {b: True for b in range(len(part))}
+        for b, hit in zip(rows, hits.tolist(), strict=True):
+            ok[b] = ok[b] and hit
+        out += [(i, ok[b]) for b, i in enumerate(batch)]
+    return [hit for _, hit in sorted(out)]
 
 
 @torch.inference_mode()
