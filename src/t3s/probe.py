@@ -272,15 +272,17 @@ class Probe:
             or (step == self.recipe.steps)
         )
 
-    def record(self, model: Any, step: int, loss: float | None, checkpoint: Path) -> None:
+    def record(self, model: Any, step: int, loss: float | None, checkpoint: Path) -> dict[str, Any] | None:
+        """Measure `step` if due and not measured yet; the main process gets the row it appended."""
         if not self.needs_eval(step) or step in self.evaluated():
-            return
+            return None
         assert self.accuracy is not None
         row = self.accuracy.measure(model, step, checkpoint)
         if row is not None:  # only the main process gets the row
             row = {"step": step, "train_loss": loss, **{k: v for k, v in row.items() if k != "step"}}
             row["wall_time"] = round(time.time() - self.started, 2)
             append_jsonl(self.run.metrics, row)
+        return row
 
     def keep(self) -> set[int]:
         keep = {*self.settings.keep_steps}
@@ -408,26 +410,13 @@ class ProbeStage(Stage):
         from t3s.models import load_model
 
         state = distributed.state()
-        recipe, settings, model_path = self.recipe, self.settings, self.model_path
+        recipe, model_path = self.recipe, self.model_path
         remote = self.trust_remote_code
         run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         dtype = torch.bfloat16 if recipe.param_dtype == "bfloat16" else torch.float32
         model = load_model(model_path, device=state.device, dtype=dtype, trust_remote_code=remote)
         model = prepare_model(model, recipe)
-        acc = (
-            AccuracyProbe(
-                run,
-                self.examples,
-                self.items,
-                self.tokenizer,
-                self.tokenize_config.template,
-                settings.eval,
-                fingerprint=attempt.fingerprint,
-            )
-            if settings.fixed_step is None
-            else None
-        )
-        probe = Probe(run, settings, recipe, acc)
+        probe = self.probe(run, attempt.fingerprint)
         probe.record(model, 0, None, Path(model_path))  # θ0 is its own checkpoint
 
         # A checkpoint saved just before a kill may not have been measured yet.
@@ -452,10 +441,33 @@ class ProbeStage(Stage):
                 save_steps=recipe.steps + 1,
             )
             trainer.train(resume_from_checkpoint=str(latest[-1]) if latest else None)
+        return self.conclude(run, probe, attempt.main)
+
+    def probe(self, run: RunDir, fingerprint: str) -> Probe:
+        """The probe's books and its accuracy measurement (none for a fixed step), on every process."""
+        acc = (
+            AccuracyProbe(
+                run,
+                self.examples,
+                self.items,
+                self.tokenizer,
+                self.tokenize_config.template,
+                self.settings.eval,
+                fingerprint=fingerprint,
+            )
+            if self.settings.fixed_step is None
+            else None
+        )
+        return Probe(run, self.settings, self.recipe, acc)
+
+    def conclude(self, run: RunDir, probe: Probe, main: bool) -> dict[str, Any]:
+        """After the last step: prune, write θb's record; returns what the stage records as done."""
+        from t3s import distributed
+
         probe.prune()
-        state.wait_for_everyone()
-        record = _bottleneck_record(run, probe, model_path)
-        if attempt.main:
+        distributed.state().wait_for_everyone()
+        record = _bottleneck_record(run, probe, self.model_path)
+        if main:
             run.write_bottleneck(record)
         # The probe's time counts from its first start, across resumes, like its rows' wall_time.
         return {"seconds": round(time.time() - probe.started, 2)}
