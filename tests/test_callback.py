@@ -51,6 +51,7 @@ def trl_run(tiny_model: Path, tokenizer, data: Path, run: Path, out: Path):
             learning_rate=RECIPE.lr,
             lr_scheduler_type=RECIPE.scheduler,
             adam_beta2=RECIPE.adam_beta2,
+            optim=RECIPE.optim,
             seed=RECIPE.seed,
             max_length=None,
             use_cpu=True,
@@ -91,8 +92,10 @@ def test_trl_callback_leaves_the_probe_run_directory(runs: dict[str, Path]) -> N
     assert len({r["train_accuracy"] for r in ours}) > 1  # the check moves: θb is a real argmin
     for a, b in zip(ours, probe, strict=True):
         assert a["teacher_forced_loss"] == pytest.approx(b["teacher_forced_loss"], rel=1e-4)
-        assert (a["train_loss"] is None) == (b["train_loss"] is None) == (a["step"] == 0)
-        assert a["train_loss"] == pytest.approx(b["train_loss"] or 0.0, rel=1e-4) or a["step"] == 0
+        if a["step"] == 0:
+            assert a["train_loss"] is None is b["train_loss"]
+        else:
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
     record = {
         name: json.loads((runs[name] / "probe" / "bottleneck.json").read_text())
         for name in runs
@@ -107,13 +110,15 @@ def test_trl_callback_leaves_the_probe_run_directory(runs: dict[str, Path]) -> N
     assert stages["trl"]["status"] == "done"
     assert stages["trl"]["fingerprint"] == stages["probe"]["fingerprint"]
     assert stages["trl"]["model"] == stages["probe"]["model"]
+    # Adam scales each step to ~lr whatever the gradient's size, so weights whose gradients are
+    # near zero keep the float rounding of TRL's other padding: up to ~1e-3·lr apart.
     for rel in record["trl"]["checkpoints"].values():
         theirs, mine = (
             load_file(runs["probe"] / rel / "model.safetensors"),
             load_file(runs["trl"] / rel / "model.safetensors"),
         )
         for name, tensor in theirs.items():
-            torch.testing.assert_close(mine[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(mine[name], tensor, rtol=1e-4, atol=5e-5, msg=name)
 
 
 def test_callback_logs_each_row_through_the_trainer(runs: dict[str, Path]) -> None:
@@ -136,6 +141,34 @@ def test_profile_and_select_continue_from_the_callback_run(runs: dict[str, Path]
     }
     for a, b in zip(delta["trl"], delta["probe"], strict=True):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-3, atol=1e-3, equal_nan=True)
-    stats = select_run(runs["trl"], SelectOptions(policy="t3s"))
-    assert 0 < stats["kept_tokens"] <= stats["response_tokens"]
-    assert (runs["trl"] / "masks" / "t3s").is_dir()
+    # θb is step 1 here, so every response token is an anchor (Δc > 0): `inverse` keeps them.
+    stats = {name: select_run(runs[name], SelectOptions(policy="inverse")) for name in ("trl", "probe")}
+    assert stats["trl"]["kept_tokens"] == stats["probe"]["kept_tokens"] > 0
+    assert (runs["trl"] / "masks" / "inverse").is_dir()
+
+
+def test_recipe_from_trainer_reads_the_arguments_and_lora(tiny_model: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from peft import IA3Config, LoraConfig, get_peft_model
+    from transformers import TrainingArguments
+
+    from t3s.callback import recipe_from_trainer
+    from t3s.errors import T3SError
+    from t3s.models import load_model
+    from t3s.training import LoraSettings
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=3,
+        learning_rate=2e-5, warmup_steps=0.5, use_cpu=True, report_to="none",
+    )  # fmt: skip
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], layers_to_transform=1)
+    model = get_peft_model(load_model(str(tiny_model), device=torch.device("cpu")), lora)
+    recipe = recipe_from_trainer(SimpleNamespace(args=args, model=model), steps=10)
+    assert recipe.lora == LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"], layers=[1])
+    assert (recipe.steps, recipe.batch_size, recipe.micro_batch_size) == (10, 6, 2)
+    assert (recipe.lr, recipe.warmup_steps, recipe.report_to) == (2e-5, 5, [])
+    ia3 = IA3Config(target_modules=["q_proj"], feedforward_modules=[])
+    other = get_peft_model(load_model(str(tiny_model), device=torch.device("cpu")), ia3)
+    with pytest.raises(T3SError, match="the model's PEFT method IA3Config is not LoRA"):
+        recipe_from_trainer(SimpleNamespace(args=args, model=other), steps=10)
