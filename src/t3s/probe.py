@@ -9,6 +9,8 @@ probe and running the same command again resumes from the latest complete checkp
 killed while it was being measured resumes its sampling from the samples already verified, which
 each process keeps in `probe/.samples-step-NNNNN.process-<k>.jsonl` (keyed by the probe's
 fingerprint and the step, like `t3s eval`'s samples) until the step's row is written.
+`t3s.callback.T3SCallback` runs the same probe (this stage's books, `Probe`, `AccuracyProbe`) inside
+a user's own Trainer.
 """
 
 from __future__ import annotations

@@ -103,7 +103,9 @@ def start(run: RunDir, stage: Stage, fingerprint: str, previous: dict[str, Any],
     return Started(attempt, running, now)
 
 
-def finish(run: RunDir, stage: Stage, started: Started, extras: dict[str, Any], procs: Processes) -> dict[str, Any]:
+def finish(
+    run: RunDir, stage: Stage, started: Started, extras: dict[str, Any], procs: Processes
+) -> dict[str, Any]:
     """Mark `stage` done with what its run returned; returns its manifest entry."""
     # A stage may report its own `seconds` (the probe counts from its first start, across resumes).
     done = {
