@@ -16,6 +16,9 @@ may still ask for them. It reuses a greedy answer of the nearest measured checkp
 teacher-forced pass shows the new checkpoint would generate it too, and records at every grid
 checkpoint, without generating, the loss of θ0's own answers (`probe/signal.jsonl`). Rows count the
 tokens generated and reused.
+
+`t3s.callback.T3SCallback` runs the same probe (this stage's books, `Probe`, `AccuracyProbe`) inside
+a user's own Trainer.
 """
 
 from __future__ import annotations
@@ -435,9 +438,10 @@ class Probe:
 
     def record(
         self, model: Any, step: int, loss: float | None, checkpoint: Path, share_from: int | None = None
-    ) -> None:
+    ) -> dict[str, Any] | None:
+        """Measure `step` if due and not measured yet; the main process gets the row it appended."""
         if not (self.adaptive or self.needs_eval(step)) or step in self.evaluated():
-            return
+            return None
         assert self.accuracy is not None
         row = self.accuracy.measure(model, step, checkpoint, share_from)
         self.note_signal(model, step)  # θ0's answers, which it needs, are in once θ0 is measured
@@ -447,6 +451,7 @@ class Probe:
                 row["own_answer_loss"] = self.signal().get(step)
             row["wall_time"] = round(time.time() - self.started, 2)
             append_jsonl(self.run.metrics, row)
+        return row
 
     def note_signal(self, model: Any, step: int) -> None:
         """The own-answer loss of a grid checkpoint, once (θ0's answers must be measured first)."""
@@ -625,30 +630,17 @@ class ProbeStage(Stage):
         from t3s.models import load_model
 
         state = distributed.state()
-        recipe, settings, model_path = self.recipe, self.settings, self.model_path
+        recipe, model_path = self.recipe, self.model_path
         remote = self.trust_remote_code
         run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         dtype = torch.bfloat16 if recipe.param_dtype == "bfloat16" else torch.float32
         model = load_model(model_path, device=state.device, dtype=dtype, trust_remote_code=remote)
         model = prepare_model(model, recipe)
-        acc = (
-            AccuracyProbe(
-                run,
-                self.examples,
-                self.items,
-                self.tokenizer,
-                self.tokenize_config.template,
-                settings.eval,
-                fingerprint=attempt.fingerprint,
-            )
-            if settings.fixed_step is None
-            else None
-        )
 
         def load(path: Path) -> Any:
             return load_model(str(path), device=state.device, dtype=dtype, trust_remote_code=remote)
 
-        probe = Probe(run, settings, recipe, acc, load)
+        probe = self.probe(run, attempt.fingerprint, load)
         probe.record(model, 0, None, Path(model_path))  # θ0 is its own checkpoint
 
         # A checkpoint saved just before a kill may not have been measured yet.
@@ -679,10 +671,33 @@ class ProbeStage(Stage):
             )
             trainer.train(resume_from_checkpoint=str(latest[-1]) if latest else None)
         probe.check_done()  # the search ran at each save, the final one included
+        return self.conclude(run, probe, attempt.main)
+
+    def probe(self, run: RunDir, fingerprint: str, load: Callable[[Path], Any] | None = None) -> Probe:
+        """The probe's books and its accuracy measurement (none for a fixed step), on every process."""
+        acc = (
+            AccuracyProbe(
+                run,
+                self.examples,
+                self.items,
+                self.tokenizer,
+                self.tokenize_config.template,
+                self.settings.eval,
+                fingerprint=fingerprint,
+            )
+            if self.settings.fixed_step is None
+            else None
+        )
+        return Probe(run, self.settings, self.recipe, acc, load)
+
+    def conclude(self, run: RunDir, probe: Probe, main: bool) -> dict[str, Any]:
+        """After the last step: prune, write θb's record; returns what the stage records as done."""
+        from t3s import distributed
+
         probe.prune()
-        state.wait_for_everyone()
-        record = _bottleneck_record(run, probe, model_path)
-        if attempt.main:
+        distributed.state().wait_for_everyone()
+        record = _bottleneck_record(run, probe, self.model_path)
+        if main:
             run.write_bottleneck(record)
         # The probe's time counts from its first start, across resumes, like its rows' wall_time.
         return {"seconds": round(time.time() - probe.started, 2)}

@@ -7,7 +7,8 @@ returned); otherwise it is marked running, run on every process, and marked done
 and what it returned, or failed with the error. Only the main process writes the manifest, the
 others wait at a barrier, so under `accelerate launch` or torchrun each process sees what the main
 one wrote. What a stage resumes from within a run (probe checkpoints, profile shards, training
-checkpoints) stays inside the stage.
+checkpoints) stays inside the stage. A stage whose work runs inside another loop (the probe driven
+by a user's Trainer through `T3SCallback`) keeps the same books with `start` and `finish`.
 """
 
 from __future__ import annotations
@@ -77,10 +78,52 @@ def _error(exc: BaseException) -> str:
     return (str(exc) if isinstance(exc, T3SError) else f"{type(exc).__name__}: {exc}")[:500]
 
 
+@dataclass(frozen=True)
+class Started:
+    """A stage marked running: its attempt, the record written, and when it started."""
+
+    attempt: Attempt
+    running: dict[str, Any]
+    start: float
+
+
+def start(run: RunDir, stage: Stage, fingerprint: str, previous: dict[str, Any], procs: Processes) -> Started:
+    """Prepare `stage` and mark it running (main process); every process leaves after the barrier."""
+    attempt = Attempt(fingerprint, previous, procs.is_main_process)
+    now = time.time()
+    running = {
+        "status": "running",
+        "fingerprint": fingerprint,
+        "started": time.ctime(now),
+        **stage.prepare(run, attempt),
+    }
+    if attempt.main:
+        run.set_stage(stage.name, **running)
+    procs.wait_for_everyone()
+    return Started(attempt, running, now)
+
+
+def finish(
+    run: RunDir, stage: Stage, started: Started, extras: dict[str, Any], procs: Processes
+) -> dict[str, Any]:
+    """Mark `stage` done with what its run returned; returns its manifest entry."""
+    # A stage may report its own `seconds` (the probe counts from its first start, across resumes).
+    done = {
+        "status": "done",
+        "finished": time.ctime(),
+        "seconds": round(time.time() - started.start, 2),
+        "error": None,
+    }
+    done.update(extras)
+    if started.attempt.main:
+        run.set_stage(stage.name, **done)
+    procs.wait_for_everyone()
+    return {**started.attempt.previous, **started.running, **done}
+
+
 def execute(run: RunDir, stage: Stage, procs: Processes | None = None) -> dict[str, Any]:
     """Run `stage` unless it is done with the same inputs; returns its manifest entry."""
     procs = procs or processes()
-    main = procs.is_main_process
     fingerprint = stage.fingerprint(run)
     previous = run.stage(stage.name)
     if (
@@ -90,32 +133,11 @@ def execute(run: RunDir, stage: Stage, procs: Processes | None = None) -> dict[s
         and stage.outputs_exist(run)
     ):
         return previous
-    attempt = Attempt(fingerprint, previous, main)
-    start = time.time()
-    running = {
-        "status": "running",
-        "fingerprint": fingerprint,
-        "started": time.ctime(start),
-        **stage.prepare(run, attempt),
-    }
-    if main:
-        run.set_stage(stage.name, **running)
-    procs.wait_for_everyone()
+    started = start(run, stage, fingerprint, previous, procs)
     try:
-        extras = stage.run(run, attempt)
+        extras = stage.run(run, started.attempt)
     except BaseException as exc:
-        if main:
+        if started.attempt.main:
             run.set_stage(stage.name, status="failed", error=_error(exc))
         raise
-    # A stage may report its own `seconds` (the probe counts from its first start, across resumes).
-    done = {
-        "status": "done",
-        "finished": time.ctime(),
-        "seconds": round(time.time() - start, 2),
-        "error": None,
-    }
-    done.update(extras)
-    if main:
-        run.set_stage(stage.name, **done)
-    procs.wait_for_everyone()
-    return {**previous, **running, **done}
+    return finish(run, stage, started, extras, procs)
