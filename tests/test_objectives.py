@@ -226,3 +226,22 @@ def test_run_trains_the_three_objectives(tiny_model: Path, tmp_path: Path) -> No
     dft = load_file(Path(models["dft"]) / "model.safetensors")
     sft = load_file(Path(models["sft"]) / "model.safetensors")
     assert any(not torch.equal(dft[k], sft[k]) for k in dft)
+
+
+def test_scores_cached_before_entropies_are_not_read(tiny_model: Path, batch_data, tmp_path: Path) -> None:
+    from t3s.fingerprint import digest, model_fingerprint
+    from t3s.io import write_parquet
+    from t3s.profile import score_checkpoint
+    from t3s.tokens import tokens_fingerprint
+
+    items = batch_data[0]
+    fp = tokens_fingerprint(items)
+    # A shard as the profile cached it before entropies, under that cache's key: log-probs only.
+    old = tmp_path / digest(fp, model_fingerprint(str(tiny_model)), "float32") / "part-00000.parquet"
+    write_parquet(
+        old, pa.table({"id": [t.id for t in items], "logprob": [[0.0] * len(t.input_ids) for t in items]})
+    )
+    scores = score_checkpoint(str(tiny_model), items, fp, tmp_path, device="cpu", dtype="float32")
+    assert set(scores) == {"logprob", "entropy"}
+    assert all(np.nanmax(v) < 0 for v in scores["logprob"])  # scored again, not the cached zeros
+    assert all((np.nan_to_num(v) >= 0).all() and np.nanmax(v) > 0 for v in scores["entropy"])
