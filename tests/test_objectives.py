@@ -245,3 +245,13 @@ def test_scores_cached_before_entropies_are_not_read(tiny_model: Path, batch_dat
     assert set(scores) == {"logprob", "entropy"}
     assert all(np.nanmax(v) < 0 for v in scores["logprob"])  # scored again, not the cached zeros
     assert all((np.nan_to_num(v) >= 0).all() and np.nanmax(v) > 0 for v in scores["entropy"])
+
+
+def test_two_policies_with_one_name_are_refused(tmp_path: Path) -> None:
+    from t3s.pipeline import run_pipeline
+
+    policies = [{"policy": "entropy", "match": "t3s"}, {"policy": "entropy", "fraction": 0.8}]
+    cfg = RunConfig(run_dir=tmp_path / "r", model="m", data="d", rrt=False, policies=policies)  # type: ignore[arg-type]
+    with pytest.raises(T3SError, match="two policies write RUN/masks/entropy; give one of them a name"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "r").exists()  # refused before the first stage

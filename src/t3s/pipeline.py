@@ -38,6 +38,10 @@ def policy_options(cfg: RunConfig, run: RunDir) -> list[SelectOptions]:
                 }
             )
         out.append(options)
+    names = [o.output_name() for o in out]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        # e.g. `entropy` at a fraction and at T3S's budget: the second would overwrite the first's masks.
+        raise T3SError(f"two policies write RUN/masks/{twice[0]}; give one of them a name")
     return out
 
 
