@@ -48,7 +48,8 @@ def test_profile_contract(run: RunDir) -> None:
     summary = profile_run(run.root, steps=[2], shard_size=4)
     table = pq.read_table(run.profile)
     assert table.column_names == [
-        "id", "input_ids", "response_start", "response_end", "logprob_base", "logprob_bottleneck", "logprob_step2", "delta",
+        "id", "input_ids", "response_start", "response_end", "logprob_base", "logprob_bottleneck", "logprob_step2",
+        "entropy_base", "entropy_bottleneck", "entropy_step2", "delta",
     ]  # fmt: skip
     assert str(table.schema.field("input_ids").type) == "list<element: int32>"
     assert str(table.schema.field("delta").type) == "list<element: float>"

@@ -3,7 +3,8 @@
 For a sequence x, position i holds c_i = log p(x_i | x_<i): the logits that predict x_i come from
 the hidden state at i - 1. Only the hidden states of scored positions go through the output
 layer, a chunk of positions at a time, so the extra memory is O(chunk x vocab) whatever the batch
-and sequence lengths (32K-token traces with 150K vocabularies stay within a few GB).
+and sequence lengths (32K-token traces with 150K vocabularies stay within a few GB). The profile
+also takes, from the same log-softmax, the entropy of the distribution that predicted each token.
 
 The output layer and the log-softmax always run in float32, whatever the model's dtype: a bf16
 logit is rounded by up to 2^-8 of its size (0.1 nats at logit 30), more than many |Δc| worth
@@ -60,20 +61,43 @@ def _logits_float32(head: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor
     return logits
 
 
-def gather_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """log p(target_j | hidden_j) for rows of `hidden` [n, h], computed `chunk` rows at a time."""
+def _log_softmax_chunks(model: Any, hidden: torch.Tensor, chunk: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, float32 log-softmax of the output layer) for `chunk` rows of `hidden` [n, h] at a time."""
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
         raise T3SError(
             f"{type(model).__name__}: its output layer is a {type(head).__name__}, not a Linear layer; "
             "t3s computes log-probs from that layer's weight in float32"
         )
-    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
-    for s in range(0, targets.shape[0], chunk):
+    for s in range(0, hidden.shape[0], chunk):
         logits = _finish_logits(model, _logits_float32(head, hidden[s : s + chunk]))
-        out[s : s + chunk] = torch.log_softmax(logits, dim=-1).gather(-1, targets[s : s + chunk, None])[:, 0]
-        del logits
+        logp = torch.log_softmax(logits, dim=-1)
+        del logits  # one [chunk x vocab] tensor alive per chunk besides what the caller derives
+        yield slice(s, s + chunk), logp
+
+
+def gather_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log p(target_j | hidden_j) for rows of `hidden` [n, h], computed `chunk` rows at a time."""
+    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    for rows, logp in _log_softmax_chunks(model, hidden, chunk):
+        out[rows] = logp.gather(-1, targets[rows, None])[:, 0]
     return out
+
+
+def gather_logprobs_entropy(
+    model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gather_logprobs` and, from the same float32 log-softmax, the entropy -Σ_v p_v log p_v (nats)
+    of each row's predictive distribution."""
+    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    entropy = torch.empty_like(out)
+    for rows, logp in _log_softmax_chunks(model, hidden, chunk):
+        out[rows] = logp.gather(-1, targets[rows, None])[:, 0]
+        # xlogy: a probability of 0 (a -inf logit) adds 0, not 0 * -inf = NaN; a NaN still shows.
+        p = logp.exp()
+        entropy[rows] = -torch.special.xlogy(p, p).sum(-1)
+        del p
+    return out, entropy
 
 
 def batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -118,26 +142,36 @@ def _padded(items: Sequence[TokenizedExample], device: Any) -> tuple[torch.Tenso
 
 
 @torch.inference_mode()
-def score_batch(model: Any, items: Sequence[TokenizedExample], chunk: int = 1024) -> list[np.ndarray]:
-    """Per-token log-probs for a batch: one float32 array per example, NaN outside the response."""
+def score_batch(
+    model: Any, items: Sequence[TokenizedExample], chunk: int = 1024, *, entropy: bool = False
+) -> list[np.ndarray]:
+    """Per-token log-probs for a batch: one float32 array per example, NaN outside the response.
+
+    With `entropy`, each array is [2, length]: the log-probs, then at the same positions the entropy
+    of the distribution that predicted each token, from the same pass.
+    """
     device = next(model.parameters()).device
     ids, mask = _padded(items, device)
     rows, cols = _positions(items)
-    out = [np.full(len(t.input_ids), np.nan, dtype=np.float32) for t in items]
+    out = [np.full((2 if entropy else 1, len(t.input_ids)), np.nan, dtype=np.float32) for t in items]
     if not rows:
-        return out
+        return out if entropy else [o[0] for o in out]
     hidden = hidden_states(model, ids, mask)
     r = torch.tensor(rows, device=device)
     c = torch.tensor(cols, device=device)
     # The hidden state at c - 1 predicts token c: c_c lands at position c, aligned with input_ids.
-    values = gather_logprobs(model, hidden[r, c - 1], ids[r, c], chunk).cpu().numpy()
+    h, targets = hidden[r, c - 1], ids[r, c]
+    if entropy:
+        values = torch.stack(gather_logprobs_entropy(model, h, targets, chunk)).cpu().numpy()
+    else:
+        values = gather_logprobs(model, h, targets, chunk)[None].cpu().numpy()
     offset = 0
     for b, t in enumerate(items):
         start = max(t.response_start, 1)
         n = max(0, t.response_end - start)
-        out[b][start : start + n] = values[offset : offset + n]
+        out[b][:, start : start + n] = values[:, offset : offset + n]
         offset += n
-    return out
+    return out if entropy else [o[0] for o in out]
 
 
 @torch.inference_mode()
@@ -204,13 +238,15 @@ def score(
     max_batch_tokens: int = 16384,
     chunk: int = 1024,
     on_batch: Any = None,
+    entropy: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (index into `items`, per-token log-probs) for every example, longest batches first."""
+    """Yield (index into `items`, per-token log-probs) for every example, longest batches first
+    (with `entropy`, [log-probs, entropies] as `score_batch` gives them)."""
     checked = False
     for batch in batches_by_tokens([len(t.input_ids) for t in items], max_batch_tokens):
-        values = score_batch(model, [items[i] for i in batch], chunk)
+        values = score_batch(model, [items[i] for i in batch], chunk, entropy=entropy)
         if not checked:
-            check_against_full_forward(model, items[batch[-1]], values[-1])
+            check_against_full_forward(model, items[batch[-1]], values[-1][0] if entropy else values[-1])
             checked = True
         yield from zip(batch, values, strict=True)
         if on_batch is not None:

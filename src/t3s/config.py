@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -54,6 +55,20 @@ class ProfileSettings(_Strict):
         default_factory=list,
         description="other models sharing the tokenizer, scored for cross-model selection",
     )
+    extra_models: dict[str, str] = Field(
+        default_factory=dict,
+        exclude_if=lambda v: not v,  # dumped only when set: earlier runs' records stay as they were
+        description="NAME: PATH of other models sharing the run's tokenizer, scored on the run's own "
+        "tokens as logprob_NAME (e.g. an excess-loss reference)",
+    )
+
+    @field_validator("extra_models")
+    @classmethod
+    def _extra_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.match(r"^[A-Za-z0-9_]+$", name) or re.match(r"^(base|bottleneck|step\d+)$", name):
+                raise ValueError(f"{name!r}: use letters, digits and '_', and not base, bottleneck or stepK")
+        return {name: os.path.expanduser(path) for name, path in value.items()}
 
 
 def _short_policies(value: Any) -> Any:

@@ -38,13 +38,30 @@ def policy_options(cfg: RunConfig, run: RunDir) -> list[SelectOptions]:
                 }
             )
         out.append(options)
+    names = [o.output_name() for o in out]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        # e.g. `entropy` at a fraction and at T3S's budget: the second would overwrite the first's masks.
+        raise T3SError(f"two policies write RUN/masks/{twice[0]}; give one of them a name")
     return out
 
 
 def trains(options: SelectOptions) -> bool:
     """Whether a policy trains a model of its own. Plain SFT does not: the probe is plain SFT with
     this very recipe, so its final checkpoint is the SFT model (`RunDir.model("sft")`)."""
-    return not (options.policy == "sft" and options.selector == "bottleneck" and options.profile is None)
+    plain = options.policy == "sft" and options.selector == "bottleneck" and options.profile is None
+    return not (plain and options.loss == "nll")
+
+
+def profile_steps(cfg: RunConfig, policies: list[SelectOptions]) -> list[int]:
+    """The probe checkpoints to profile: the config's, and θf's (the final step) when an excess-loss
+    policy compares the run's θ0 with it, as it does by default."""
+    from t3s.selection import FINAL
+
+    final = cfg.recipe.steps
+    wants_final = any(
+        o.policy == "excess-loss" and o.reference in (None, FINAL) and o.profile is None for o in policies
+    )
+    return [*cfg.profile.steps, *([final] if wants_final and final not in cfg.profile.steps else [])]
 
 
 def model_names(cfg: RunConfig, policies: list[SelectOptions]) -> list[str]:
@@ -89,11 +106,14 @@ def stages(cfg: RunConfig, run: RunDir, tokenizer: Any) -> Iterator[Stage]:
     )  # fmt: skip
     p = cfg.profile
     scoring = {"device": p.device, "dtype": p.dtype, "max_batch_tokens": p.batch_tokens, "chunk": p.chunk}
-    yield ProfileStage(steps=p.steps, all_steps=p.all_steps, trust_remote_code=remote, **scoring)
+    policies = policy_options(cfg, run)
+    yield ProfileStage(
+        steps=profile_steps(cfg, policies), all_steps=p.all_steps, extra=p.extra_models or None,
+        trust_remote_code=remote, **scoring,
+    )  # fmt: skip
     for cross in p.cross_models:
         models = {"base": cross.base, "bottleneck": cross.bottleneck}
         yield CrossProfileStage(cross.name, models, tok_cfg, trust_remote_code=remote, **scoring)
-    policies = policy_options(cfg, run)
     for options in policies:
         yield SelectStage(options)
         if trains(options):

@@ -1,8 +1,9 @@
 """The profile stage: per-token log-probs of every response token under several checkpoints, and Δc.
 
 Artifact (Parquet, one row per example): `id`, `input_ids`, `response_start`, `response_end`,
-one `logprob_<name>` list<float32> column per scored model (same length as `input_ids`, NaN
-outside the response) and `delta` = logprob_bottleneck - logprob_base when both are scored.
+one `logprob_<name>` and one `entropy_<name>` list<float32> column per scored model (same length
+as `input_ids`, NaN outside the response; the entropy, in nats, is that of the distribution that
+predicted the token) and `delta` = logprob_bottleneck - logprob_base when both are scored.
 Scores are cached per (tokens, checkpoint, scoring dtype) fingerprint in shards of examples, so a
 killed profile resumes where it stopped and a rerun recomputes nothing; under `accelerate launch`
 or torchrun each process scores its own shards, and the main process writes the profile.
@@ -49,6 +50,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 RESOLUTION = {"float32": 2.0**-12, "float16": 2.0**-2, "bfloat16": 2.0}
 # Past this share of tokens inside the band, a half-precision profile's anchor set is worth a warning.
 _NOISY_SHARE = 0.1
+# What a scoring pass stores per token; part of every score's cache key, so that a profile made
+# before a column existed is recomputed, not read without it.
+SCORED = ("logprob", "entropy")
 console = Console(stderr=True)
 
 
@@ -84,14 +88,15 @@ def score_checkpoint(
     chunk: int = 1024,
     shard_size: int = 64,
     label: str = "",
-) -> list[np.ndarray]:
-    """Per-token log-probs of `items` under one checkpoint, from cache where already computed."""
+) -> dict[str, list[np.ndarray]]:
+    """Per-token log-probs and entropies (`SCORED`) of `items` under one checkpoint, from cache
+    where already computed."""
     from t3s import distributed
     from t3s.models import load_model, resolve_dtype
 
     state = distributed.state()
     dev, dtype_name = scoring_dtype(device, dtype)
-    fp = digest(tokens_fp, model_fingerprint(model_path), dtype_name)
+    fp = digest(tokens_fp, model_fingerprint(model_path), dtype_name, SCORED)
     part_dir = cache_dir / fp
     shards = _shards(len(items), shard_size)
     paths = [part_dir / f"part-{k:05d}.parquet" for k in range(len(shards))]
@@ -107,30 +112,41 @@ def score_checkpoint(
                 sub = [items[i] for i in shards[k]]
                 values: list[Any] = [None] * len(sub)
                 for i, v in score(
-                    model, sub, max_batch_tokens=max_batch_tokens, chunk=chunk, on_batch=progress.advance
+                    model,
+                    sub,
+                    max_batch_tokens=max_batch_tokens,
+                    chunk=chunk,
+                    on_batch=progress.advance,
+                    entropy=True,
                 ):
                     values[i] = v
+                columns = {name: [v[j].tolist() for v in values] for j, name in enumerate(SCORED)}
                 table = pa.table(
-                    {"id": [t.id for t in sub], "logprob": [v.tolist() for v in values]},
-                    schema=pa.schema([("id", pa.string()), ("logprob", pa.list_(pa.float32()))]),
+                    {"id": [t.id for t in sub], **columns},
+                    schema=pa.schema([("id", pa.string()), *((n, pa.list_(pa.float32())) for n in SCORED)]),
                 )
                 write_parquet(paths[k], table)
         del model
     state.wait_for_everyone()
     if state.is_main_process:
         write_json(part_dir / "source.json", {"model": model_path, "tokens": tokens_fp, "dtype": dtype_name})
-    out: list[np.ndarray] = []
+    out: dict[str, list[np.ndarray]] = {name: [] for name in SCORED}
     for k, path in enumerate(paths):
-        column = pq.read_table(path).column("logprob").to_pylist()
-        if len(column) != len(shards[k]):
+        part = pq.read_table(path, columns=list(SCORED))
+        if part.num_rows != len(shards[k]):
             raise T3SError(
-                f"{path}: holds {len(column)} rows, expected {len(shards[k])}; delete it and rerun"
+                f"{path}: holds {part.num_rows} rows, expected {len(shards[k])}; delete it and rerun"
             )
-        out.extend(np.asarray(v, dtype=np.float32) for v in column)
+        for name in SCORED:
+            out[name].extend(np.asarray(v, dtype=np.float32) for v in part.column(name).to_pylist())
     return out
 
 
-def profile_table(items: Sequence[TokenizedExample], scores: dict[str, list[np.ndarray]]) -> pa.Table:
+def profile_table(
+    items: Sequence[TokenizedExample],
+    scores: dict[str, list[np.ndarray]],
+    entropies: dict[str, list[np.ndarray]],
+) -> pa.Table:
     base = pa.table(
         {
             "id": [t.id for t in items],
@@ -140,10 +156,10 @@ def profile_table(items: Sequence[TokenizedExample], scores: dict[str, list[np.n
         },
         schema=pa.schema([f for f in TOKENS_SCHEMA if f.name != "truncated"]),
     )
-    for name, values in scores.items():
-        base = base.append_column(
-            f"logprob_{name}", pa.array([v.tolist() for v in values], type=pa.list_(pa.float32()))
-        )
+    columns = [(f"logprob_{n}", v) for n, v in scores.items()]
+    columns += [(f"entropy_{n}", v) for n, v in entropies.items()]
+    for column, values in columns:
+        base = base.append_column(column, pa.array([v.tolist() for v in values], type=pa.list_(pa.float32())))
     if "base" in scores and "bottleneck" in scores:
         delta = [b - a for a, b in zip(scores["base"], scores["bottleneck"], strict=True)]
         base = base.append_column("delta", pa.array([d.tolist() for d in delta], type=pa.list_(pa.float32())))
@@ -162,11 +178,12 @@ def build_profile(
     from t3s import distributed
 
     main = distributed.state().is_main_process
-    scores = {
+    scored = {
         check_name(name): score_checkpoint(path, items, tokens_fp, cache_dir, label=name, **kwargs)
         for name, path in models.items()
     }
-    table = profile_table(items, scores)
+    scores = {name: s["logprob"] for name, s in scored.items()}
+    table = profile_table(items, scores, {name: s["entropy"] for name, s in scored.items()})
     _, dtype_name = scoring_dtype(kwargs.get("device"), kwargs.get("dtype"))
     summary: dict[str, Any] = {
         "examples": len(items),
@@ -274,7 +291,7 @@ class ProfileStage(Stage):
         self.tokens_fp = tokens_fingerprint(self.items)
         _, dtype_name = scoring_dtype(self.scoring.get("device"), self.scoring.get("dtype"))
         fps = {name: model_fingerprint(path) for name, path in self.models.items()}
-        return digest(self.tokens_fp, fps, dtype_name)
+        return digest(self.tokens_fp, fps, dtype_name, SCORED)
 
     def outputs_exist(self, run: RunDir) -> bool:
         return self.output(run)[0].exists()

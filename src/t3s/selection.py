@@ -9,7 +9,14 @@ Every policy returns, per example, a 0/1 `loss_mask` over all positions of `inpu
 - static-high / static-low: all but the fraction p of response tokens with the highest / lowest
   base confidence c(θ0), ranked over the whole corpus.
 - random: all but a seeded random fraction p of response tokens (a control the paper lacks).
+- excess-loss (Rho-1, TokenCleaning): only the 1 - p share of response tokens with the highest
+  excess loss loss(θ0) - loss(reference) = c(reference) - c(θ0), the reference being the probe's
+  final checkpoint θf by default or any profiled model sharing the tokenizer.
+- entropy ("80/20"): only the 1 - p share of response tokens whose predictive distribution under θ0
+  has the highest entropy.
 `--match t3s` sets p to the fraction the t3s policy drops with the same selector and threshold.
+Both ranked-keep policies never keep a token they cannot score (NaN, e.g. a response's first token).
+`loss: dft` trains a policy's masks with Dynamic Fine-Tuning (-sg(p)·log p) instead of NLL.
 """
 
 from __future__ import annotations
@@ -35,23 +42,41 @@ from t3s.stage import Attempt, Stage, execute
 
 console = Console(stderr=True)
 
-Policy = Literal["sft", "t3s", "inverse", "static-high", "static-low", "random"]
+Policy = Literal["sft", "t3s", "inverse", "static-high", "static-low", "random", "excess-loss", "entropy"]
 POLICIES: tuple[str, ...] = Policy.__args__  # type: ignore[attr-defined]
-_BUDGETED = ("static-high", "static-low", "random")
+_KEEP_RANKED = ("excess-loss", "entropy")
+_BUDGETED = ("static-high", "static-low", "random", *_KEEP_RANKED)
+# excess-loss's default reference: the probe's final checkpoint, profiled as step<final step>.
+FINAL = "final"
 
 
 class SelectOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    policy: Policy = Field(description="sft, t3s, inverse, static-high, static-low, random")
+    policy: Policy = Field(
+        description="sft, t3s, inverse, static-high, static-low, random, excess-loss, entropy"
+    )
     threshold: float = Field(0.0, ge=0, le=30, description="anchors: Δc > threshold (nats)")
     selector: str = Field("bottleneck", description="profile column playing θb: bottleneck, stepK, ...")
     fraction: float | None = Field(
-        None, gt=0, lt=1, description="static/random: share of response tokens dropped"
+        None, gt=0, lt=1, description="static/random/excess-loss/entropy: share of response tokens dropped"
     )
-    match: Literal["t3s"] | None = Field(None, description="static/random: 't3s' drops the share t3s drops")
+    match: Literal["t3s"] | None = Field(
+        None, description="static/random/excess-loss/entropy: 't3s' drops the share t3s drops"
+    )
     seed: int = Field(0, description="random policy seed")
     profile: str | None = Field(None, description="cross-model: a profile made by another model")
     name: str | None = Field(None, description="output name under RUN/masks (default: from the policy)")
+    # The fields below are dumped only when set, so earlier runs' records and fingerprints stay as they were.
+    reference: str | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="excess-loss: profile column of the reference model (default: final, the probe's θf)",
+    )
+    loss: Literal["nll", "dft"] = Field(
+        "nll",
+        exclude_if=lambda v: v == "nll",
+        description="training objective on the kept tokens: nll, or dft (Dynamic Fine-Tuning, via TRL)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SelectOptions:
@@ -59,6 +84,8 @@ class SelectOptions(BaseModel):
             raise ValueError(f"policy {self.policy} needs exactly one of fraction or match")
         if self.policy not in _BUDGETED and (self.fraction is not None or self.match is not None):
             raise ValueError(f"policy {self.policy} takes no fraction or match")
+        if self.reference is not None and self.policy != "excess-loss":
+            raise ValueError(f"policy {self.policy} takes no reference (excess-loss does)")
         if self.name is not None and not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
             raise ValueError(f"name {self.name!r}: use letters, digits, '.', '_' and '-'")
         return self
@@ -69,12 +96,20 @@ class SelectOptions(BaseModel):
         name = self.policy
         if self.selector != "bottleneck":
             name += f"-{self.selector}"
+        if self.reference not in (None, FINAL):
+            name += f"-{self.reference}"
         if self.profile:
             name += "-cross"
+        if self.loss != "nll":
+            name += f"-{self.loss}"
         return name
 
 
 def _column(table: pa.Table, name: str) -> list[np.ndarray]:
+    if name not in table.column_names and name.startswith("entropy_"):
+        raise T3SError(
+            f"the profile has no column {name!r}: it was made before t3s scored entropies; profile it again"
+        )
     if name not in table.column_names:
         have = [c.removeprefix("logprob_") for c in table.column_names if c.startswith("logprob_")]
         raise T3SError(
@@ -102,11 +137,28 @@ def _drop_ranked(
     return _drop_flat(responses, order[:k])
 
 
+def _keep_ranked(values: list[np.ndarray], responses: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """Keep only the n response positions with the highest value over the whole corpus; NaN never."""
+    flat = np.concatenate(
+        [np.where(r & ~np.isnan(v), v, np.nan) for v, r in zip(values, responses, strict=True)]
+    )
+    valid = np.flatnonzero(~np.isnan(flat))
+    # Stable order: of equal values the earlier corpus position is kept, so reruns keep the same tokens.
+    kept = valid[np.argsort(-flat[valid], kind="stable")[:n]]
+    keep_flat = np.zeros(len(flat), dtype=bool)
+    keep_flat[kept] = True
+    return _split_flat(keep_flat, responses)
+
+
+def _split_flat(flat: np.ndarray, responses: list[np.ndarray]) -> list[np.ndarray]:
+    bounds = np.cumsum([0, *(len(r) for r in responses)])
+    return [flat[bounds[i] : bounds[i + 1]] for i in range(len(responses))]
+
+
 def _drop_flat(responses: list[np.ndarray], drop: np.ndarray) -> list[np.ndarray]:
     keep_flat = np.concatenate(responses).copy()
     keep_flat[drop] = False
-    bounds = np.cumsum([0, *(len(r) for r in responses)])
-    return [keep_flat[bounds[i] : bounds[i + 1]] for i in range(len(responses))]
+    return _split_flat(keep_flat, responses)
 
 
 def select(table: pa.Table, options: SelectOptions) -> list[np.ndarray]:
@@ -128,6 +180,11 @@ def select(table: pa.Table, options: SelectOptions) -> list[np.ndarray]:
     assert fraction is not None
     total = sum(int(r.sum()) for r in responses)
     k = round(fraction * total)
+    if options.policy == "excess-loss":
+        reference = _column(table, f"logprob_{options.reference or FINAL}")
+        return _keep_ranked([r - b for r, b in zip(reference, base, strict=True)], responses, total - k)
+    if options.policy == "entropy":
+        return _keep_ranked(_column(table, "entropy_base"), responses, total - k)
     if options.policy == "random":
         rng = np.random.default_rng(options.seed)
         positions = np.flatnonzero(np.concatenate(responses))
@@ -267,6 +324,10 @@ class SelectStage(Stage):
         self.source = ""
 
     def fingerprint(self, run: RunDir) -> str:
+        if self.options.policy == "excess-loss" and self.options.reference in (None, FINAL):
+            # θf is the probe's final checkpoint, profiled (`profile.steps`) as step<final step>.
+            final = f"step{run.bottleneck()['final_step']}"
+            self.options = self.options.model_copy(update={"reference": final})
         options = self.options
         tokens = run.tokens_table()
         if options.policy == "sft" and options.profile is None and not run.profile.exists():

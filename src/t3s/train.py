@@ -11,7 +11,7 @@ from t3s.errors import T3SError
 from t3s.fingerprint import digest, file_digest, model_fingerprint
 from t3s.io import write_jsonl
 from t3s.rundir import RunDir
-from t3s.selection import MASKS_FILE
+from t3s.selection import MASKS_FILE, read_masks_stats
 from t3s.stage import Attempt, Stage, execute
 from t3s.tokens import TokenizedExample
 from t3s.training import (
@@ -43,6 +43,7 @@ class TrainStage(Stage):
         self.save_every, self.trust_remote_code = save_every, trust_remote_code
         self.items: list[TokenizedExample] = []
         self.labels: list[list[int]] = []
+        self.loss = "nll"  # the objective the masks were selected for (`SelectOptions.loss`)
 
     def fingerprint(self, run: RunDir) -> str:
         self.recipe = self.recipe or run.recipe()
@@ -54,10 +55,15 @@ class TrainStage(Stage):
         ]
         self.labels = [r["labels"] for r in rows]
         masks_file = run.masks_dir(self.policy) / MASKS_FILE
+        options = (read_masks_stats(run.masks_dir(self.policy)) or {}).get("options") or {}
+        self.loss = options.get("loss", "nll")
+        if self.loss not in ("nll", "dft"):
+            raise T3SError(f"{run.masks_dir(self.policy)}/stats.json: unknown loss {self.loss!r} (nll, dft)")
         return digest(
             file_digest(masks_file),
             model_fingerprint(self.base),
             self.recipe.model_dump(exclude={"report_to"}),
+            *([self.loss] if self.loss != "nll" else []),  # NLL runs keep their earlier fingerprints
         )
 
     def outputs_exist(self, run: RunDir) -> bool:
@@ -96,6 +102,7 @@ class TrainStage(Stage):
             recipe,
             ckpt_dir,
             save_steps=self.save_every,
+            loss=self.loss,
         )
         latest = list_checkpoints(ckpt_dir, resumable=True)
         trainer.args.save_total_limit = 1
@@ -114,7 +121,7 @@ class TrainStage(Stage):
         trainer.save_model(str(tmp))
         rows = log_history_rows(trainer)
         summary = {"base": base, "masks": str(run.masks_dir(self.policy).relative_to(run.root)),
-                   "steps": recipe.steps, "final_loss": rows[-1]["loss"] if rows else None}  # fmt: skip
+                   "steps": recipe.steps, "final_loss": rows[-1]["loss"] if rows else None, "loss": self.loss}  # fmt: skip
         if attempt.main:
             tokenizer.save_pretrained(str(tmp))
             shutil.rmtree(run.model_dir(self.policy), ignore_errors=True)

@@ -9,6 +9,11 @@ kwargs computes that loss itself; for any other model `build_trainer` computes i
 (`causal_lm_loss`), since Trainer would otherwise average per-micro-batch means. A non-finite loss
 stops training at the step it appears (`NonFiniteLoss`). Runs under `accelerate launch` (DDP,
 FSDP, DeepSpeed) and, on CPUs, torchrun (DDP over gloo) unchanged (`t3s.distributed`).
+
+`loss="dft"` (Dynamic Fine-Tuning, -sg(p)·log p per kept token) trains with TRL's SFTTrainer and
+`SFTConfig(loss_type="dft")` under the same arguments: TRL sums token losses over the same global
+kept-token count, and on t3s's data it trains exactly as t3s does (tests/test_export.py), so only
+the per-token loss differs. TRL refuses DFT under DeepSpeed.
 """
 
 from __future__ import annotations
@@ -135,11 +140,16 @@ def training_arguments(
     *,
     save_steps: int | None = None,
     save_total_limit: int | None = None,
+    args_class: Any = None,
+    **extra: Any,
 ) -> Any:
+    """The recipe as `args_class` (TrainingArguments by default, or a subclass such as TRL's
+    SFTConfig, given its own `extra` settings)."""
     from transformers import TrainingArguments
 
     from t3s import distributed
 
+    args_class = args_class or TrainingArguments
     world = world_size()
     per_step = recipe.micro_batch_size * world
     if recipe.batch_size % per_step:
@@ -148,7 +158,7 @@ def training_arguments(
         )
     cpu = distributed.on_cpu()
     bf16 = recipe.mixed_precision == "bf16" or (recipe.mixed_precision == "auto" and not cpu)
-    return TrainingArguments(
+    return args_class(
         output_dir=str(output_dir),
         max_steps=recipe.steps,
         per_device_train_batch_size=recipe.micro_batch_size,
@@ -165,7 +175,7 @@ def training_arguments(
         bf16=bf16 and recipe.param_dtype == "float32",
         # Trainer re-creates accelerate's state from this: it must join the group t3s joined.
         use_cpu=cpu,
-        **_checkpointing_arg(TrainingArguments, recipe.gradient_checkpointing),
+        **_checkpointing_arg(args_class, recipe.gradient_checkpointing),
         logging_steps=1,
         report_to=recipe.report_to or "none",
         save_strategy="steps",
@@ -176,16 +186,18 @@ def training_arguments(
         logging_nan_inf_filter=False,
         remove_unused_columns=True,
         dataloader_drop_last=False,
+        **extra,
     )
 
 
 def _checkpointing_arg(cls: Any, enabled: bool) -> dict[str, bool]:
-    """transformers renamed gradient_checkpointing to activation_checkpointing; pass whichever exists."""
-    if not enabled:
-        return {}
+    """transformers renamed gradient_checkpointing to activation_checkpointing; pass whichever exists,
+    always: TRL's SFTConfig turns it on by default."""
     fields = getattr(cls, "__dataclass_fields__", {})
     return {
-        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": True
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else "gradient_checkpointing": enabled
     }
 
 
@@ -264,11 +276,24 @@ def build_trainer(
     callbacks: Sequence[Any] = (),
     save_steps: int | None = None,
     save_total_limit: int | None = None,
+    loss: Literal["nll", "dft"] = "nll",
 ) -> Any:
     from transformers import DataCollatorForSeq2Seq
 
     tokenizer.padding_side = "right"
-    args = training_arguments(recipe, output_dir, save_steps=save_steps, save_total_limit=save_total_limit)
+    saving = {"save_steps": save_steps, "save_total_limit": save_total_limit}
+    callbacks = [*callbacks, _stop_on_nonfinite_loss(output_dir)]
+    if loss == "dft":
+        from trl import SFTConfig, SFTTrainer
+
+        # max_length None: the data is already tokenized and truncated; TRL must not cut it again.
+        args = training_arguments(
+            recipe, output_dir, **saving, args_class=SFTConfig, loss_type="dft", max_length=None
+        )
+        return SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
+        )
+    args = training_arguments(recipe, output_dir, **saving)
     collator = DataCollatorForSeq2Seq(
         tokenizer, padding=True, label_pad_token_id=IGNORE, pad_to_multiple_of=8
     )
@@ -278,7 +303,7 @@ def build_trainer(
         train_dataset=dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[*callbacks, _stop_on_nonfinite_loss(output_dir)],
+        callbacks=callbacks,
     )
     # Trainer passes `num_items_in_batch` only to a forward that takes **kwargs (seen through PEFT);
     # otherwise it would average per-micro-batch means. Its compute_loss_func gets the same global

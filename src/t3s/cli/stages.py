@@ -159,7 +159,9 @@ def profile(
         Path | None, typer.Option("--out", "-o", help="output .parquet (standalone mode)")
     ] = None,
     *,
-    settings: Annotated[ProfileSettings, FromModel(rename={"steps": "--step"}, exclude={"cross_models"})],
+    settings: Annotated[
+        ProfileSettings, FromModel(rename={"steps": "--step"}, exclude={"cross_models", "extra_models"})
+    ],
     tokenize: Tokenize,
     trust_remote_code: Remote = False,
 ) -> None:
