@@ -49,15 +49,26 @@ def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
 
 
 def _logits_float32(head: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
-    """hidden @ W.T (+ b) in float32, the weight converted `_VOCAB_BLOCK` vocabulary rows at a time."""
+    """hidden @ W.T (+ b) in float32, a lower-precision weight converted `_VOCAB_BLOCK` rows at a time."""
     weight, bias = head.weight, head.bias
     x = hidden.float()
+    if weight.dtype == torch.float32:  # nothing to convert: one matmul, no block copies
+        return torch.nn.functional.linear(x, weight, bias)
     logits = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
     for v in range(0, weight.shape[0], _VOCAB_BLOCK):
         rows = slice(v, v + _VOCAB_BLOCK)
         b = None if bias is None else bias[rows].float()
         logits[:, rows] = torch.nn.functional.linear(x, weight[rows].float(), b)
     return logits
+
+
+def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits).gather(targets); when scoring, in place: no second [rows x vocab] tensor."""
+    picked = logits.gather(-1, targets[:, None])[:, 0]
+    if logits.requires_grad:  # the analyses backpropagate through this: keep the logits intact
+        return picked - torch.logsumexp(logits, -1)
+    top = logits.amax(-1)
+    return picked - top - logits.sub_(top[:, None]).exp_().sum(-1).log()
 
 
 def gather_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -71,7 +82,7 @@ def gather_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chu
     out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
     for s in range(0, targets.shape[0], chunk):
         logits = _finish_logits(model, _logits_float32(head, hidden[s : s + chunk]))
-        out[s : s + chunk] = torch.log_softmax(logits, dim=-1).gather(-1, targets[s : s + chunk, None])[:, 0]
+        out[s : s + chunk] = _target_logprobs(logits, targets[s : s + chunk])
         del logits
     return out
 
