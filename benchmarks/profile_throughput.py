@@ -10,11 +10,13 @@ inside the same run. θb is θ0 with small noise added, saved once to a temporar
 Peak memory: one sequence of each length is scored in a fresh subprocess; the figure is the
 increase over the loaded model (CUDA: `max_memory_allocated`; CPU: the RSS high-water mark,
 VmHWM, reset after loading). The naive figure beside it is one float32 [T x vocab] logits tensor.
-`--memory-layers N` keeps the first N decoder layers only: under inference mode one layer's
-activations live at a time, so the working memory is that of the full depth, minus weights.
+`--layers N` keeps the first N decoder layers only, for machines too slow for the full depth: under
+inference mode one layer's activations live at a time, so the working memory is the full depth's;
+the throughput ratio is a lower bound, since the output layer, where the profile does more work
+than a bare forward, then weighs more.
 
     python benchmarks/profile_throughput.py [--model PATH] [--lengths 1024 8192] [--tokens 8192]
-        [--reps 2] [--memory 2048 8192 32768] [--memory-layers N] [--device auto]
+        [--reps 2] [--memory 2048 8192 32768] [--layers N] [--device auto]
 
 Without --model it uses the built-in SmolLM2-135M-Instruct.
 """
@@ -48,20 +50,30 @@ def synthetic_items(length: int, count: int, vocab: int, seed: int = 0) -> list[
     ]
 
 
-def perturbed_copy(path: str, out: Path, scale: float = 1e-3) -> str:
-    """θ0 plus Gaussian noise: a θb with θ0's architecture and cost but other weights (another fingerprint)."""
+def model_copy(path: str, out: Path, *, noise: float = 0.0, layers: int | None = None) -> str:
+    """`path` saved to `out`, plus Gaussian `noise` (a θb with θ0's cost but other weights, so another
+    fingerprint) and cut to its first `layers` decoder layers if asked."""
     import torch
 
     from t3s.models import load_model, load_tokenizer
 
     model = load_model(path, device=torch.device("cpu"), dtype=torch.float32)
+    if layers is not None:
+        _truncate(model, layers)
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale)
+            p.add_(torch.randn_like(p) * noise)
     model.save_pretrained(out)
     load_tokenizer(path).save_pretrained(out)
     return str(out)
+
+
+def _truncate(model: Any, layers: int) -> None:
+    model.get_decoder().layers = model.get_decoder().layers[:layers]
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:layers]
 
 
 def _sync(device: Any) -> None:
@@ -173,8 +185,7 @@ def memory_child(
     dev, dtype_name = scoring_dtype(device, dtype)
     model = load_model(model_path, device=dev, dtype=resolve_dtype(dtype_name, dev))
     if layers is not None:
-        model.get_decoder().layers = model.get_decoder().layers[:layers]
-        model.config.num_hidden_layers = layers
+        _truncate(model, layers)
     items = synthetic_items(length, 1, model.config.vocab_size)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -201,7 +212,7 @@ def peak_memory(
 ) -> dict[str, Any]:
     """`memory_child` in a fresh process, so that no earlier allocation hides or inflates the peak."""
     cmd = [sys.executable, __file__, "--model", model_path, "--memory-child", str(length), "--device", device]
-    cmd += ["--memory-layers", str(layers)] if layers is not None else []
+    cmd += ["--layers", str(layers)] if layers is not None else []
     cmd += ["--dtype", dtype] if dtype else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -255,24 +266,26 @@ def main() -> None:
 
     path = args.model or str(smollm2_path())
     if args.memory_child is not None:
-        print(json.dumps(memory_child(path, args.memory_child, args.memory_layers, args.device, args.dtype)))
+        print(json.dumps(memory_child(path, args.memory_child, args.layers, args.device, args.dtype)))
         return
     import torch
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="t3s-profile-bench-") as tmp:
         if args.lengths:
-            thetab = perturbed_copy(path, Path(tmp) / "thetab")
+            theta0 = (
+                path if args.layers is None else model_copy(path, Path(tmp) / "theta0", layers=args.layers)
+            )
+            thetab = model_copy(path, Path(tmp) / "thetab", noise=1e-3, layers=args.layers)
             for length in args.lengths:
-                rows.append(
-                    throughput(
-                        path, thetab, length, args.tokens, args.reps, Path(tmp), args.device, args.dtype
-                    )
+                row = throughput(
+                    theta0, thetab, length, args.tokens, args.reps, Path(tmp), args.device, args.dtype
                 )
-                print(json.dumps(rows[-1]), flush=True)  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     memory = []
     for length in args.memory:
-        memory.append(peak_memory(path, length, args.memory_layers, args.device, args.dtype))
+        memory.append(peak_memory(path, length, args.layers, args.device, args.dtype))
         print(json.dumps(memory[-1]), flush=True)
     device = (
         torch.cuda.get_device_name()
