@@ -254,9 +254,7 @@ def main() -> None:
     ap.add_argument(
         "--memory", type=int, nargs="*", default=[2048, 8192, 32768], help="lengths for peak memory"
     )
-    ap.add_argument(
-        "--memory-layers", type=int, default=None, help="score memory with the first N layers only"
-    )
+    ap.add_argument("--layers", type=int, default=None, help="keep the first N decoder layers only")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default=None, help="scoring dtype (default: bf16 on GPUs, float32 on CPUs)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
