@@ -35,4 +35,6 @@ def test_gpu_check_dry_path_prints_one_table() -> None:
     seconds, tok_s, peak, status = rows[profile]
     assert float(seconds) > 0 and float(tok_s) > 0 and peak.endswith(" GB")
     assert status == "ok; naive logits 0.01 GB"  # 64 x 49,152 x 4 bytes
-    assert all(float(rows[s][0]) > 0 for s in ("tiny: profile", "tiny: train t3s (masked)", "tiny: whole chain"))
+    assert all(
+        float(rows[s][0]) > 0 for s in ("tiny: profile", "tiny: train t3s (masked)", "tiny: whole chain")
+    )
