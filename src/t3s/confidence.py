@@ -50,9 +50,11 @@ def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
 
 
 def _logits_float32(head: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
-    """hidden @ W.T (+ b) in float32, the weight converted `_VOCAB_BLOCK` vocabulary rows at a time."""
+    """hidden @ W.T (+ b) in float32, a lower-precision weight converted `_VOCAB_BLOCK` rows at a time."""
     weight, bias = head.weight, head.bias
     x = hidden.float()
+    if weight.dtype == torch.float32:  # nothing to convert: one matmul, no block copies
+        return torch.nn.functional.linear(x, weight, bias)
     logits = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
     for v in range(0, weight.shape[0], _VOCAB_BLOCK):
         rows = slice(v, v + _VOCAB_BLOCK)
@@ -61,26 +63,33 @@ def _logits_float32(head: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor
     return logits
 
 
-def _log_softmax_chunks(model: Any, hidden: torch.Tensor, chunk: int) -> Iterator[tuple[slice, torch.Tensor]]:
-    """(rows, float32 log-softmax of the output layer) for `chunk` rows of `hidden` [n, h] at a time."""
+def _output_layer(model: Any) -> torch.nn.Linear:
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
         raise T3SError(
             f"{type(model).__name__}: its output layer is a {type(head).__name__}, not a Linear layer; "
             "t3s computes log-probs from that layer's weight in float32"
         )
-    for s in range(0, hidden.shape[0], chunk):
-        logits = _finish_logits(model, _logits_float32(head, hidden[s : s + chunk]))
-        logp = torch.log_softmax(logits, dim=-1)
-        del logits  # one [chunk x vocab] tensor alive per chunk besides what the caller derives
-        yield slice(s, s + chunk), logp
+    return head
+
+
+def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits).gather(targets); when scoring, in place: no second [rows x vocab] tensor."""
+    picked = logits.gather(-1, targets[:, None])[:, 0]
+    if logits.requires_grad:  # the analyses backpropagate through this: keep the logits intact
+        return picked - torch.logsumexp(logits, -1)
+    top = logits.amax(-1)
+    return picked - top - logits.sub_(top[:, None]).exp_().sum(-1).log()
 
 
 def gather_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """log p(target_j | hidden_j) for rows of `hidden` [n, h], computed `chunk` rows at a time."""
+    head = _output_layer(model)
     out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
-    for rows, logp in _log_softmax_chunks(model, hidden, chunk):
-        out[rows] = logp.gather(-1, targets[rows, None])[:, 0]
+    for s in range(0, hidden.shape[0], chunk):
+        logits = _finish_logits(model, _logits_float32(head, hidden[s : s + chunk]))
+        out[s : s + chunk] = _target_logprobs(logits, targets[s : s + chunk])
+        del logits
     return out
 
 
@@ -89,14 +98,22 @@ def gather_logprobs_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`gather_logprobs` and, from the same float32 log-softmax, the entropy -Σ_v p_v log p_v (nats)
     of each row's predictive distribution."""
+    head = _output_layer(model)
     out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
     entropy = torch.empty_like(out)
-    for rows, logp in _log_softmax_chunks(model, hidden, chunk):
-        out[rows] = logp.gather(-1, targets[rows, None])[:, 0]
-        # xlogy: a probability of 0 (a -inf logit) adds 0, not 0 * -inf = NaN; a NaN still shows.
-        p = logp.exp()
-        entropy[rows] = -torch.special.xlogy(p, p).sum(-1)
-        del p
+    for s in range(0, hidden.shape[0], chunk):
+        rows = slice(s, s + chunk)
+        logits = _finish_logits(model, _logits_float32(head, hidden[rows]))
+        # The arithmetic of `_target_logprobs`, so both paths give the same floats; the shifted
+        # logits overwrite their block and exp(shifted) is the one second block alive.
+        shifted = logits.sub_(logits.amax(-1, keepdim=True))
+        e = shifted.exp()
+        total = e.sum(-1)
+        out[rows] = shifted.gather(-1, targets[rows, None])[:, 0] - total.log()
+        # H = log S - Σ e·shifted / S; a -inf logit (e = 0) adds 0, not 0 · -inf = NaN.
+        shifted.clamp_(min=torch.finfo(shifted.dtype).min)
+        entropy[rows] = total.log() - e.mul_(shifted).sum(-1) / total
+        del logits, e
     return out, entropy
 
 
