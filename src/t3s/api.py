@@ -244,10 +244,10 @@ class Selection:
         return export_masks(self.path, out, format)
 
 
-def select(run: PathLike, options: SelectOptions | str = "t3s") -> Selection:
+def select(run: PathLike, options: SelectOptions | str) -> Selection:
     """A policy's per-token loss masks from the run's profile, into RUN/masks/<name>/.
 
-    `options` is a SelectOptions, or a policy name with the default options (`"t3s"`: every
+    `options` is a SelectOptions, or a policy name with its default options (`"t3s"`: every
     response token but the Imitation Anchors, Δc > 0).
     """
     from t3s.selection import select_run
