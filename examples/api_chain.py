@@ -17,6 +17,7 @@ if __name__ == "__main__":  # answers are verified in worker processes, which im
     dataset = t3s.select(run, "t3s").to_dataset()  # input_ids, labels (-100: not trained), loss_mask
     t3s.train(run, "t3s")  # θ0 retrained on those masks with the probe's recipe
     t3s.rrt(run)  # θ0 + (θf - θb)
-    scoring = t3s.EvalSettings(samples=1, temperature=0, max_new_tokens=48, verifier=cfg.probe.eval.verifier)
+    scoring = t3s.EvalSettings(samples=1, temperature=0, max_new_tokens=48, batch_size=16,
+                               verifier=cfg.probe.eval.verifier)  # greedy, as the probe measures
     rows = t3s.evaluate(run, cfg.data, scoring, policies=["base", "sft", "t3s", "rrt"])  # training accuracy
     print(theta_b["step"], len(dataset), {r["policy"]: r["avg@1"] for r in rows}, t3s.report(run).html)
