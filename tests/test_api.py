@@ -144,6 +144,7 @@ def test_evaluate_takes_steps_or_policies(chain: dict) -> None:
         t3s.evaluate(chain["run"], chain["data"], steps=[0], policies=["t3s"])
 
 
+@pytest.mark.slow  # minutes on a CPU: the tiny config's 48 examples, 4 probe measurements, 4 models scored
 def test_the_example_runs_verbatim(tokenizer, tmp_path: Path, monkeypatch, capsys) -> None:
     """examples/api_chain.py, unchanged, from a copy of the repository's examples/, on a random
     16-layer model in place of SmolLM2 (the config freezes 15 layers): the argument it documents.
