@@ -69,16 +69,15 @@ def trl_run(tiny_model: Path, tokenizer, data: Path, run: Path, out: Path):
 
 @pytest.fixture(scope="module")
 def runs(tiny_model: Path, tokenizer, tmp_path_factory) -> dict[str, Path]:
-    from t3s.cli.stages import run_probe
+    from t3s import api
 
     root = tmp_path_factory.mktemp("callback")
     importable_module(root, "t3s_callback_check", CHECK_MODULE)
     rows = [{**r, "response": r["answer"][-1], "answer": r["answer"][-1]} for r in arithmetic_rows(8)]
     data = write_jsonl(root / "c.jsonl", rows)
-    run_probe(
-        str(tiny_model), root / "probe", data, RECIPE, SETTINGS, TokenizeConfig(),
-        restart=False, trust_remote_code=False,
-    )  # fmt: skip
+    api.probe(
+        root / "probe", str(tiny_model), data, recipe=RECIPE, settings=SETTINGS, tokenize=TokenizeConfig()
+    )
     trainer = trl_run(tiny_model, tokenizer, data, root / "trl", root / "trl-out")
     logged = [r for r in trainer.state.log_history if "t3s/train_accuracy" in r]
     (root / "logged.json").write_text(json.dumps(logged))

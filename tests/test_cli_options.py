@@ -194,16 +194,15 @@ def test_probe_help_lists_every_setting() -> None:
 
 @pytest.fixture
 def probe_calls(monkeypatch) -> list[dict[str, Any]]:
-    import t3s.cli.stages
+    import t3s.api
 
     calls: list[dict[str, Any]] = []
 
-    def fake(model: str, run: Path, data: Path | None, recipe: TrainRecipe, settings: ProbeSettings,
-             tokenize: TokenizeConfig, **kwargs: Any) -> dict[str, Any]:  # fmt: skip
-        calls.append({"recipe": recipe, "settings": settings, "tokenize": tokenize, "model": model, **kwargs})
+    def fake(run: Path, model: str, data: Path | None, **kwargs: Any) -> dict[str, Any]:
+        calls.append({"model": model, **kwargs})
         return {"step": 2, "train_accuracy": 0.5, "bottleneck": "B"}
 
-    monkeypatch.setattr(t3s.cli.stages, "run_probe", fake)
+    monkeypatch.setattr(t3s.api, "probe", fake)
     return calls
 
 

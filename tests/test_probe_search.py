@@ -146,17 +146,14 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> type[CurveEngine]:
 
 
 def probe(tiny_model: Path, run: Path, data: Path, search: str) -> dict:
-    from t3s.cli.stages import run_probe
-    from t3s.tokens import TokenizeConfig
+    from t3s import api
 
     recipe = TrainRecipe(steps=8, batch_size=4, micro_batch_size=2, lr=3e-3, seed=7)
     settings = ProbeSettings(
         search=search,  # type: ignore[arg-type]
         eval=ProbeEval(max_new_tokens=6, verifier="test_teacher_verifiers:boxed_gold", loss=False),
     )
-    return run_probe(
-        str(tiny_model), run, data, recipe, settings, TokenizeConfig(), restart=False, trust_remote_code=False
-    )
+    return api.probe(run, str(tiny_model), data, recipe=recipe, settings=settings)
 
 
 def rows(run: Path) -> list[dict]:

@@ -7,12 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import t3s.profile
 from conftest import arithmetic_rows, write_jsonl
 from t3s.confidence import gather_logprobs, score
 from t3s.data import load_corpus
 from t3s.models import load_model, load_tokenizer
-from t3s.profile import profile_standalone
+from t3s.profile import RESOLUTION, profile_standalone
 from t3s.tokens import TokenizeConfig, tokenize_corpus
 
 CPU = torch.device("cpu")
@@ -67,12 +66,12 @@ def _profile_both(models: dict[str, str], data: Path, out: Path) -> tuple[dict, 
 def _check_band(low: dict, low_delta: np.ndarray, high: dict, high_delta: np.ndarray) -> np.ndarray:
     """The reported band and share are right, and outside the band the anchor sets agree."""
     assert (low["dtype"], high["dtype"]) == ("bfloat16", "float32")
-    band = t3s.profile.RESOLUTION["bfloat16"]
+    band = RESOLUTION["bfloat16"]
     assert low["delta"]["resolution"] == {
         "band": band,
         "within_share": pytest.approx(float((np.abs(low_delta) < band).mean())),
     }
-    assert high["delta"]["resolution"]["band"] == t3s.profile.RESOLUTION["float32"]
+    assert high["delta"]["resolution"]["band"] == RESOLUTION["float32"]
     outside = np.abs(low_delta) >= band
     assert 0 < outside.sum() < len(low_delta)
     np.testing.assert_array_equal((low_delta > 0)[outside], (high_delta > 0)[outside])
@@ -100,7 +99,7 @@ def test_float32_profile_after_a_bf16_one_is_scored_in_float32(tiny_pair) -> Non
 
 def test_bf16_anchor_set_agrees_with_float32_outside_the_band(tiny_pair) -> None:
     err = _check_band(*tiny_pair[2])
-    assert 0 < err.max() < t3s.profile.RESOLUTION["bfloat16"]
+    assert 0 < err.max() < RESOLUTION["bfloat16"]
 
 
 @pytest.mark.slow
@@ -111,7 +110,7 @@ def test_bf16_error_on_real_weights_stays_inside_the_band(smollm2_dir: Path, tmp
     models = {"base": str(smollm2_dir), "bottleneck": str(student_path())}
     err = _check_band(*_profile_both(models, data, tmp_path / "p.parquet"))
     # Real weights in bf16 move Δc far beyond float32's band, yet less than bf16's.
-    assert t3s.profile.RESOLUTION["float32"] < err.max() < t3s.profile.RESOLUTION["bfloat16"]
+    assert RESOLUTION["float32"] < err.max() < RESOLUTION["bfloat16"]
 
 
 def test_a_half_precision_profile_mostly_inside_its_band_warns(tiny_pair, tiny_model: Path, capsys) -> None:

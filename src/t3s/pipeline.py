@@ -2,13 +2,12 @@
 
 tokenize -> probe -> profile (+ cross-model profiles) -> select and train each policy -> RRT ->
 eval (each benchmark of the config) -> analyze, then the report when the config asks for one.
-`stages` lists them; `t3s.stage.execute` decides, from the fingerprints of each one's inputs,
-whether it is already done. The testbed runs this same chain and adds its own records after it.
+`_chain` runs them through the API functions (`t3s.api`), as a user's script would;
+`t3s.stage.execute` decides, from the fingerprints of each one's inputs, whether each is already done. The testbed runs this same chain and adds its own records after it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -17,7 +16,7 @@ from t3s.config import EvalSection, RunConfig
 from t3s.errors import T3SError
 from t3s.rundir import RunDir
 from t3s.selection import SelectOptions
-from t3s.stage import Stage, execute, processes
+from t3s.stage import announcing, execute, processes
 
 console = Console(stderr=True)
 
@@ -70,67 +69,49 @@ def model_names(cfg: RunConfig, policies: list[SelectOptions]) -> list[str]:
     return list(dict.fromkeys(["base", "sft", *trained, *(["rrt"] if cfg.rrt else [])]))
 
 
-def eval_stages(section: EvalSection, models: list[str]) -> Iterator[Stage]:
+def _evaluate(run: RunDir, section: EvalSection, models: list[str]) -> None:
     """A benchmark's probe trajectory (when asked) and the run's models, as `t3s eval --run` scores them."""
-    from t3s.evaluation import EvalStage, load_bench
+    from t3s import api
+    from t3s.evaluation import load_bench
 
     bench = load_bench(section.bench)
     if section.steps is not None:
         steps = None if section.steps == "all" else section.steps  # None: every checkpoint on disk
-        yield EvalStage(bench, section.settings, steps=steps)
+        api.evaluate(run.root, bench, section.settings, steps=steps)
     chosen = models if section.models == "all" else section.models
     if chosen:
-        yield EvalStage(bench, section.settings, policies=chosen)
+        api.evaluate(run.root, bench, section.settings, policies=chosen)
 
 
-def stages(cfg: RunConfig, run: RunDir, tokenizer: Any) -> Iterator[Stage]:
-    """The chain's stages in order. Each is built once the ones before it have run (a generator),
-    from what they left in the run directory."""
+def _chain(cfg: RunConfig, run: RunDir, policies: list[SelectOptions]) -> None:
+    """The chain's stages in order, through the API functions: each reads what the ones before it
+    left in the run directory."""
+    from t3s import api
     from t3s.analysis.runner import AnalyzeStage
-    from t3s.probe import ProbeStage
-    from t3s.profile import CrossProfileStage, ProfileStage
-    from t3s.rrt import RRTStage
-    from t3s.selection import SelectStage
-    from t3s.tokenize_stage import TokenizeStage
-    from t3s.tokens import tokens_fingerprint
-    from t3s.train import TrainStage
 
     remote = cfg.trust_remote_code
-    tok_cfg = cfg.tokenize
-    tokenize = TokenizeStage(cfg.data, tokenizer, tok_cfg)
-    yield tokenize
-    items = run.read_tokens()
-    yield ProbeStage(
-        cfg.model, tokenize.examples, items, tokenizer, tok_cfg, cfg.recipe, cfg.probe,
-        tokens_fp=tokens_fingerprint(items), trust_remote_code=remote,
+    api.probe(
+        run.root, cfg.model, cfg.data,
+        recipe=cfg.recipe, settings=cfg.probe, tokenize=cfg.tokenize, trust_remote_code=remote,
     )  # fmt: skip
-    p = cfg.profile
-    scoring = {"device": p.device, "dtype": p.dtype, "max_batch_tokens": p.batch_tokens, "chunk": p.chunk}
-    policies = policy_options(cfg, run)
-    yield ProfileStage(
-        steps=profile_steps(cfg, policies), all_steps=p.all_steps, extra=p.extra_models or None,
-        trust_remote_code=remote, **scoring,
-    )  # fmt: skip
-    for cross in p.cross_models:
-        models = {"base": cross.base, "bottleneck": cross.bottleneck}
-        yield CrossProfileStage(cross.name, models, tok_cfg, trust_remote_code=remote, **scoring)
+    # θf joins the profile when an excess-loss policy compares θ0 with it, as it does by default.
+    steps = profile_steps(cfg, policies)
+    api.profile(run.root, cfg.profile.model_copy(update={"steps": steps}), trust_remote_code=remote)
     for options in policies:
-        yield SelectStage(options)
+        api.select(run.root, options)
         if trains(options):
-            yield TrainStage(
-                options.output_name(), recipe=cfg.recipe, save_every=cfg.save_every, trust_remote_code=remote
-            )
+            name = options.output_name()
+            api.train(run.root, name, recipe=cfg.recipe, save_every=cfg.save_every, trust_remote_code=remote)
     if cfg.rrt:
-        yield RRTStage()
+        api.rrt(run.root)
     for section in cfg.eval:
-        yield from eval_stages(section, model_names(cfg, policies))
+        _evaluate(run, section, model_names(cfg, policies))
     if cfg.analyze is not None:
-        yield AnalyzeStage(cfg.analyze)
+        execute(run, AnalyzeStage(cfg.analyze))
 
 
 def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run every stage of `cfg`, then write the report if asked; returns the models it made, by name."""
-    from t3s.models import load_tokenizer
     from t3s.testbed import resolve_builtin
 
     cfg = cfg.model_copy(update={"model": resolve_builtin(cfg.model)})
@@ -150,16 +131,13 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     main = processes().is_main_process
     if main:
         run.record("config", cfg.model_dump(mode="json"))
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    for stage in stages(cfg, run, tokenizer):
-        if main:  # one heading per stage, not one per process
-            console.rule(stage.name)
-        execute(run, stage)
+    with announcing(console.rule):  # one heading per stage, on the main process
+        _chain(cfg, run, policies)
     models = {name: run.model(name) for name in made}
     if main:
         run.record("models", models)
         if cfg.report:
-            from t3s.report import build_report
+            from t3s import api
 
-            build_report([run.root])
+            api.report(run.root)
     return models

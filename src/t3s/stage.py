@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -121,9 +124,26 @@ def finish(
     return {**started.attempt.previous, **started.running, **done}
 
 
+_announce: ContextVar[Callable[[str], None] | None] = ContextVar("t3s_announce", default=None)
+
+
+@contextmanager
+def announcing(say: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, `execute` calls `say(stage name)` on the main process before each stage,
+    done or not: `t3s run`'s headings, for stages run through the API functions."""
+    token = _announce.set(say)
+    try:
+        yield
+    finally:
+        _announce.reset(token)
+
+
 def execute(run: RunDir, stage: Stage, procs: Processes | None = None) -> dict[str, Any]:
     """Run `stage` unless it is done with the same inputs; returns its manifest entry."""
     procs = procs or processes()
+    say = _announce.get()
+    if procs.is_main_process and say is not None:
+        say(stage.name)
     fingerprint = stage.fingerprint(run)
     previous = run.stage(stage.name)
     if (

@@ -1,4 +1,4 @@
-"""`t3s analyze` and `t3s report`: thin commands over `t3s.analysis.runner` and `t3s.report`."""
+"""`t3s analyze` and `t3s report`: thin commands over `t3s.api.analyze` and `t3s.api.report`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from t3s import api
 from t3s.analysis.options import AnalysisOptions
 from t3s.cli.console import out
 from t3s.cli.model_options import FromModel
@@ -26,10 +27,7 @@ def analyze(
     options: Annotated[AnalysisOptions, FromModel(rename={"steps": "--step"})],
 ) -> None:
     """The paper's analyses of a run: numbers and plots under RUN/analysis/."""
-    from t3s.analysis.runner import analyze, parse_names
     from t3s.rundir import RunDir
-
-    names = parse_names(what)
 
     def show(name: str, result: dict[str, object]) -> None:
         if "skipped" in result:
@@ -40,7 +38,7 @@ def analyze(
                 f"{name}: {json.dumps(result, default=str)} -> {where}.*", highlight=False, soft_wrap=True
             )
 
-    analyze(run, names, options, skip_missing=what.strip() == "all", on_result=show)
+    api.analyze(run, what, options, on_result=show)
 
 
 def report(
@@ -51,9 +49,7 @@ def report(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="default: FIRST_RUN/report")] = None,
 ) -> None:
     """One self-contained HTML page and a Markdown summary of every curve, table and plot of the runs."""
-    from t3s.report import build_report
-
-    result = build_report(run, out_dir)
+    result = api.report(run, out_dir)
     for label, numbers in result.headlines.items():
         shown = ", ".join(f"{k} {v}" for k, v in numbers.items())
         out.print(f"{label}: {shown or 'no results yet'}", highlight=False, soft_wrap=True)

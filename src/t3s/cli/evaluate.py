@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from t3s import api
 from t3s.cli.console import console, out
 from t3s.cli.model_options import FromModel
 from t3s.errors import T3SError
@@ -98,7 +99,7 @@ def eval_command(
 
     Samples are saved as they are produced: after a kill, the same command generates only what is missing. Other models or sampling settings fill their own key space in the same samples file.
     """
-    from t3s.evaluation import evaluate, evaluate_run, load_bench, run_template
+    from t3s.evaluation import load_bench
     from t3s.rundir import RunDir
 
     if (model is None) == (run is None):
@@ -111,12 +112,10 @@ def eval_command(
         raise T3SError("--step and --policy select models of a run; use them with --run")
     if step and policy:
         raise T3SError("--step selects probe checkpoints, --policy trained models; pass one of them")
-    if run is not None and "template" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"template": run_template(RunDir(run))})
     data = load_bench(bench)
     if model is not None:
         assert out_path is not None
-        summary = evaluate(model, data, settings, out_path)
+        summary = api.evaluate_model(model, data, out_path, settings)
         title = (
             f"{model} on {data.name}: {summary['problems']} problems x {summary['samples']} samples, "
             f"maj@k grouped by {summary['maj_grouping']}"
@@ -126,7 +125,7 @@ def eval_command(
         return
     assert run is not None
     policies = [p.strip() for p in policy.split(",") if p.strip()] if policy else None
-    rows = evaluate_run(run, data, settings, steps=step, policies=policies)
+    rows = api.evaluate(run, data, settings, steps=step, policies=policies)
     key = "policy" if policies else "step"
     title = f"{data.name}: {rows[0]['problems']} problems, maj@k grouped by {rows[0]['maj_grouping']}"
     console.print(_curve_table(title, key, rows))

@@ -1,18 +1,23 @@
-"""The stage commands: validate, probe, profile, select, export, train, rrt and run."""
+"""The stage commands: validate, probe, profile, select, export, train, rrt and run.
+
+Each parses its options, calls the API function of the same stage (`t3s.api`) and prints.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from t3s import api
 from t3s.cli.console import console, out, print_testbed_result
 from t3s.cli.model_options import FromModel
 from t3s.config import ProfileSettings
 from t3s.errors import T3SError
 from t3s.probe import ProbeSettings
+from t3s.rundir import RunDir
 from t3s.selection import SelectOptions
 from t3s.tokens import TokenizeConfig
 from t3s.training import TrainRecipe
@@ -35,23 +40,8 @@ def validate(
     trust_remote_code: Remote = False,
 ) -> None:
     """Check a corpus and report every problem, one per row; exit 1 if any."""
-    from t3s.data import Problem, scan_corpus
-
-    examples, problems = scan_corpus(data)
-    lengths: list[int] = []
-    if model is not None:
-        from t3s.models import load_tokenizer
-        from t3s.tokens import tokenize_example
-
-        tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
-        for ex in examples:
-            try:
-                item = tokenize_example(tok, ex, tokenize)
-            except T3SError as exc:
-                problems.append(Problem(f"{data} id {ex.id!r}", None, str(exc).split(": ", 1)[-1]))
-                continue
-            if item is not None:
-                lengths.append(len(item.input_ids))
+    check = api.validate_corpus(data, model, tokenize=tokenize, trust_remote_code=trust_remote_code)
+    examples, problems, lengths = check.examples, check.problems, check.token_lengths
     for p in problems:
         out.print(str(p), markup=False, highlight=False)
     table = Table(title=f"{data}")
@@ -94,42 +84,13 @@ def probe(
     trust_remote_code: Remote = False,
 ) -> None:
     """Plain SFT from θ0 with training accuracy per checkpoint; picks the Imitation Bottleneck θb."""
-    record = run_probe(
-        model, run, data, recipe, settings, tokenize, restart=restart, trust_remote_code=trust_remote_code
-    )
+    record = api.probe(
+        run, model, data, recipe=recipe, settings=settings, tokenize=tokenize,
+        restart=restart, trust_remote_code=trust_remote_code,
+    )  # fmt: skip
     acc = record.get("train_accuracy")
     acc_text = f", training accuracy {acc:.3f}" if acc is not None else ""
     out.print(f"bottleneck θb: step {record['step']}{acc_text} -> {record['bottleneck']}", highlight=False)
-
-
-def run_probe(
-    model: str,
-    run: Path,
-    data: Path | None,
-    recipe: TrainRecipe,
-    settings: ProbeSettings,
-    tokenize: TokenizeConfig,
-    *,
-    restart: bool,
-    trust_remote_code: bool,
-) -> dict[str, Any]:
-    """Tokenize (or reuse the run's tokens) and probe; returns θb's record."""
-    from t3s.models import load_tokenizer
-    from t3s.probe import ProbeStage
-    from t3s.rundir import RunDir
-    from t3s.stage import execute
-    from t3s.tokenize_stage import prepare_corpus
-    from t3s.tokens import tokens_fingerprint
-
-    rd = RunDir(run)
-    tok = load_tokenizer(model, trust_remote_code=trust_remote_code)
-    examples, items = prepare_corpus(rd, data, tok, tokenize)
-    stage = ProbeStage(
-        model, examples, items, tok, tokenize, recipe, settings,
-        tokens_fp=tokens_fingerprint(items), trust_remote_code=trust_remote_code, restart=restart,
-    )  # fmt: skip
-    execute(rd, stage)
-    return rd.bottleneck()
 
 
 # -- profile -------------------------------------------------------------------------------------
@@ -166,26 +127,19 @@ def profile(
     trust_remote_code: Remote = False,
 ) -> None:
     """Per-token log-probs under θ0, θb (and other checkpoints) and Δc = c(θb) - c(θ0)."""
-    from t3s.profile import profile_run, profile_standalone
-    from t3s.rundir import RunDir
-
-    kwargs = dict(
-        device=settings.device,
-        dtype=settings.dtype,
-        trust_remote_code=trust_remote_code,
-        max_batch_tokens=settings.batch_tokens,
-        chunk=settings.chunk,
-    )
     if run is not None:
         if data is not None or out_path is not None:
             raise T3SError("--run scores the run's own corpus into RUN/profile; drop --data and --out")
-        extra = _parse_models(model or []) if model else {}
-        summary = profile_run(run, steps=settings.steps, all_steps=settings.all_steps, extra=extra, **kwargs)
+        models = _parse_models(model or [])
+        summary = api.profile(run, settings, models=models, trust_remote_code=trust_remote_code)
         where = RunDir(run).profile
     else:
         if not model or data is None or out_path is None:
             raise T3SError("standalone profile needs --model (one or more), --data and --out")
-        summary = profile_standalone(_parse_models(model), data, out_path, tokenize, **kwargs)
+        summary = api.profile_corpus(
+            _parse_models(model), data, out_path,
+            settings=settings, tokenize=tokenize, trust_remote_code=trust_remote_code,
+        )  # fmt: skip
         where = out_path
     delta = summary.get("delta")
     if delta:
@@ -203,13 +157,11 @@ def select(
     options: Annotated[SelectOptions, FromModel()],
 ) -> None:
     """Turn Δc into per-token loss masks: input_ids + labels (-100) + loss_mask, as Parquet and HF dataset."""
-    from t3s.rundir import RunDir
-    from t3s.selection import select_run
-
-    stats = select_run(run, options)
+    selection = api.select(run, options)
+    stats = selection.summary
     out.print(
-        f"{options.output_name()}: keeps {stats['kept_tokens']:,} of {stats['response_tokens']:,} response tokens "
-        f"({stats['kept_fraction']:.1%}) -> {RunDir(run).masks_dir(options.output_name())}",
+        f"{selection.name}: keeps {stats['kept_tokens']:,} of {stats['response_tokens']:,} response tokens "
+        f"({stats['kept_fraction']:.1%}) -> {selection.path}",
         highlight=False,
     )
 
@@ -221,10 +173,7 @@ def export(
     format: Annotated[str, typer.Option(help="hf (TRL, axolotl, LLaMA-Factory), verl, jsonl")] = "hf",
 ) -> None:
     """Check a masked dataset and write it for another trainer (see the USAGE.md written beside it)."""
-    from t3s.export import export_masks
-    from t3s.rundir import RunDir
-
-    summary = export_masks(RunDir(run).masks_dir(policy), out_dir, format)  # type: ignore[arg-type]
+    summary = api.Selection.load(run, policy).export(out_dir, format)  # type: ignore[arg-type]
     out.print(
         f"checked {summary['examples']} examples, {summary['trained_tokens']:,} trained tokens -> {out_dir}",
         highlight=False,
@@ -239,14 +188,8 @@ def train(
     trust_remote_code: Remote = False,
 ) -> None:
     """Train θ0 on a masked dataset with the probe's recipe; saves RUN/train/<policy>/model."""
-    from t3s.rundir import RunDir
-    from t3s.train import train_policy
-
-    recipe = RunDir(run).recipe()
-    if report_to:
-        recipe = recipe.model_copy(update={"report_to": report_to})
-    summary = train_policy(
-        run, policy, recipe=recipe, save_every=save_every, trust_remote_code=trust_remote_code
+    summary = api.train(
+        run, policy, save_every=save_every, report_to=report_to, trust_remote_code=trust_remote_code
     )
     out.print(
         f"{policy}: final loss {summary['final_loss']} -> {RunDir(run).model_dir(policy)}",
@@ -265,9 +208,7 @@ def rrt(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="output directory")],
 ) -> None:
     """Recovering Residual Transfer: write θ0 + (θf - θb), shard by shard."""
-    from t3s.rrt import rrt as rrt_fn
-
-    summary = rrt_fn(base, bottleneck, final, out_dir)
+    summary = api.rrt_checkpoints(base, bottleneck, final, out_dir)
     out.print(f"RRT: {summary['tensors']} tensors -> {out_dir}", highlight=False)
 
 
