@@ -168,3 +168,10 @@ def test_the_example_runs_verbatim(tokenizer, tmp_path: Path, monkeypatch, capsy
     assert last == f"{run.bottleneck()['step']} 48 {scores} {run.report_dir / 'index.html'}"
     assert run.bottleneck()["final_step"] == 6 and (run.model_dir("rrt") / "config.json").exists()
     assert (run.model_dir("t3s") / "config.json").exists()
+
+
+def test_the_readme_shows_the_example_verbatim() -> None:
+    root = Path(__file__).resolve().parents[1]
+    body = (root / "examples" / "api_chain.py").read_text()
+    code = body[body.index("import sys") :]
+    assert f"```python\n{code}```" in (root / "README.md").read_text()
