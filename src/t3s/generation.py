@@ -225,43 +225,18 @@ class TransformersEngine:
     def _generate(
         self, prompts: Sequence[list[int]], params: SamplingParams, on_batch: OnBatch | None
     ) -> list[list[Completion]]:
-        import torch
-
         model = self.model
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
-        stop_ids = list(self.stops)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out: list[list[Completion]] = [[] for _ in prompts]
-        sample = params.temperature > 0
         try:
             with bar(self.progress or "generate", total=len(prompts), unit="prompts") as progress:
                 for start in range(0, len(order), self.batch_size):
                     batch = order[start : start + self.batch_size]
-                    width = max(len(prompts[i]) for i in batch)
-                    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                    mask = torch.zeros((len(batch), width), dtype=torch.long)
+                    new = self._generate_batch([prompts[i] for i in batch], params, start)
                     for b, i in enumerate(batch):
-                        ids[b, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                        mask[b, width - len(prompts[i]) :] = 1
-                    if sample:
-                        torch.manual_seed(params.seed * 1_000_003 + start)
-                    kwargs: dict[str, Any] = {"do_sample": sample}
-                    if sample:
-                        kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-                    gen = model.generate(
-                        input_ids=ids.to(device),
-                        attention_mask=mask.to(device),
-                        max_new_tokens=params.max_new_tokens,
-                        num_return_sequences=params.n,
-                        eos_token_id=stop_ids,
-                        pad_token_id=pad,
-                        **kwargs,
-                    )[:, width:].cpu()
-                    for b, i in enumerate(batch):
-                        out[i] = [self._decode(gen[b * params.n + k]) for k in range(params.n)]
+                        out[i] = [self._decode(new[b * params.n + k]) for k in range(params.n)]
                     if on_batch is not None:
                         on_batch(batch, [out[i] for i in batch])
                     progress.advance(len(batch))
@@ -269,6 +244,36 @@ class TransformersEngine:
             model.train(was_training)
         warn_if_mostly_truncated(out, params, self.stops)
         return out
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, start: int) -> Any:
+        """The new tokens of `params.n` samples per prompt (row b·n + k: sample k of prompt b); a
+        sampled batch is seeded by its `start` in the longest-first order."""
+        import torch
+
+        model = self.model
+        device = next(model.parameters()).device
+        stop_ids = list(self.stops)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for b, prompt in enumerate(prompts):
+            ids[b, width - len(prompt) :] = torch.tensor(prompt)
+            mask[b, width - len(prompt) :] = 1
+        sample = params.temperature > 0
+        kwargs: dict[str, Any] = {"do_sample": sample}
+        if sample:
+            torch.manual_seed(params.seed * 1_000_003 + start)
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        return model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=params.n,
+            eos_token_id=stop_ids,
+            pad_token_id=pad,
+            **kwargs,
+        )[:, width:].cpu()
 
 
 class VLLMEngine:

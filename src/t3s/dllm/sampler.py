@@ -25,8 +25,7 @@ from t3s.dllm.a2d import mask_token_id
 from t3s.dllm.attention import bidirectional_mask, block_causal_mask, model_attention_mask
 from t3s.dllm.noise import generator
 from t3s.errors import T3SError
-from t3s.generation import Completion, OnBatch, SamplingParams, TransformersEngine, warn_if_mostly_truncated
-from t3s.progress import bar
+from t3s.generation import Completion, OnBatch, SamplingParams, TransformersEngine
 from t3s.tokens import Template
 
 
@@ -101,28 +100,13 @@ class DiffusionEngine(TransformersEngine):
     def _generate(
         self, prompts: Sequence[list[int]], params: SamplingParams, on_batch: OnBatch | None
     ) -> list[list[Completion]]:
+        self._check(params)  # refused before the first batch
+        return super()._generate(prompts, params, on_batch)
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, start: int) -> Any:
         blocks, per_block = self._check(params)
-        model = self.model
-        was_training = model.training
-        model.eval()
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        out: list[list[Completion]] = [[] for _ in prompts]
-        try:
-            with bar(self.progress or "generate", total=len(prompts), unit="prompts") as progress:
-                for start in range(0, len(order), self.batch_size):
-                    batch = order[start : start + self.batch_size]
-                    rows = [prompts[i] for i in batch for _ in range(params.n)]
-                    gen = generator(params.seed * 1_000_003 + start)
-                    new = self._denoise(rows, params, blocks, per_block, gen)
-                    for b, i in enumerate(batch):
-                        out[i] = [self._decode(new[b * params.n + k]) for k in range(params.n)]
-                    if on_batch is not None:
-                        on_batch(batch, [out[i] for i in batch])
-                    progress.advance(len(batch))
-        finally:
-            model.train(was_training)
-        warn_if_mostly_truncated(out, params, self.stops)
-        return out
+        rows = [p for p in prompts for _ in range(params.n)]
+        return self._denoise(rows, params, blocks, per_block, generator(params.seed * 1_000_003 + start))
 
     def _denoise(
         self, rows: list[list[int]], params: SamplingParams, blocks: int, per_block: int, gen: torch.Generator
