@@ -175,7 +175,7 @@ def assert_same_profile(got: Path, want: Path) -> None:
     a, b = pq.read_table(got), pq.read_table(want)
     assert a.column_names == b.column_names and a.num_rows == b.num_rows
     for name in a.column_names:
-        if name.startswith("logprob_") or name == "delta":
+        if name.startswith(("logprob_", "entropy_")) or name == "delta":
             for x, y in zip(a.column(name).to_pylist(), b.column(name).to_pylist(), strict=True):
                 assert np.array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32), equal_nan=True)
         else:
