@@ -176,8 +176,9 @@ def profile(
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Per-token log-probs of the run's responses under θ0, θb (and `settings.steps`, and
-    `settings.extra_models` and `models`: NAME -> checkpoint) and Δc, into RUN/profile/profile.parquet; then each of
-    `settings.cross_models` into RUN/profile/cross-<name>.parquet. Returns the profile's summary."""
+    `settings.extra_models` and `models`: NAME -> checkpoint) and Δc, into
+    RUN/profile/profile.parquet; then each of `settings.cross_models` into
+    RUN/profile/cross-<name>.parquet. Returns the profile's summary."""
     from t3s.profile import CrossProfileStage, profile_run
 
     rd, settings = RunDir(run), settings or ProfileSettings()
