@@ -28,8 +28,11 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "probe" / "metrics.jsonl").read_text().splitlines()]
 
 
-def trl_run(tiny_model: Path, tokenizer, data: Path, run: Path, out: Path):
-    """TRL's SFTTrainer on the corpus as t3s tokenizes it, with the recipe's arguments and the callback."""
+def trl_run(tiny_model: Path, tokenizer, data: Path, run: Path, out: Path, *, after=(), **logging):
+    """TRL's SFTTrainer on the corpus as t3s tokenizes it, with the recipe's arguments and the callback.
+
+    `after`: callbacks added after T3SCallback; `logging`: SFTConfig's logging arguments (default: every step).
+    """
     from trl import SFTConfig, SFTTrainer
 
     from t3s.callback import T3SCallback
@@ -58,11 +61,13 @@ def trl_run(tiny_model: Path, tokenizer, data: Path, run: Path, out: Path):
             bf16=False,
             report_to="none",
             save_strategy="no",
-            logging_steps=1,
             gradient_checkpointing=False,
+            **(logging or {"logging_steps": 1}),
         ),
     )
     trainer.add_callback(T3SCallback(run, trainer, data, SETTINGS))
+    for callback in after:
+        trainer.add_callback(callback)
     trainer.train()
     return trainer
 

@@ -57,12 +57,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-def launch(env: dict[str, str], root: Path, processes: int, *args: str) -> subprocess.Popen:
-    """`t3s ARGS` in one process, or under torchrun in several, writes logged to ROOT/../audit-*."""
-    cmd = [sys.executable, str(LAUNCH)]
+def launch(
+    env: dict[str, str], root: Path, processes: int, *args: str, script: Path = LAUNCH
+) -> subprocess.Popen:
+    """`t3s ARGS` (or `python SCRIPT ARGS`) in one process, or under torchrun in several, writes
+    logged to ROOT/../audit-* (stderr only, for a script of its own)."""
+    cmd = [sys.executable, str(script)]
     if processes > 1:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        cmd = [*torchrun, f"--nproc_per_node={processes}", str(LAUNCH)]
+        cmd = [*torchrun, f"--nproc_per_node={processes}", str(script)]
     audit = audit_dir(root)
     audit.mkdir(exist_ok=True)
     log = open(audit / "stderr.log", "a")  # noqa: SIM115 (the child writes it; a pipe could fill up)
@@ -80,8 +83,8 @@ def audit_dir(root: Path) -> Path:
     return root.with_name(f"audit-{root.name}")
 
 
-def t3s(env: dict[str, str], root: Path, processes: int, *args: str) -> None:
-    proc = launch(env, root, processes, *args)
+def t3s(env: dict[str, str], root: Path, processes: int, *args: str, script: Path = LAUNCH) -> None:
+    proc = launch(env, root, processes, *args, script=script)
     assert proc.wait(timeout=600) == 0, (audit_dir(root) / "stderr.log").read_text()[-4000:]
 
 

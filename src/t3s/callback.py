@@ -13,8 +13,9 @@ it writes θb's record (probe/bottleneck.json and the manifest), so `t3s profile
 Unlike `t3s probe`: the checkpoints hold weights only (the trainer's own output_dir keeps what it
 resumes from); the recipe recorded for `t3s train` is read from the trainer's arguments and the
 model (LoRA from its PEFT config; frozen layers are not recorded); and the callback makes the
-trainer log its loss at each measured step, so a row's `train_loss` is the trainer's logged loss:
-the mean since its previous log (the step's own loss with `logging_steps=1`).
+trainer log its loss at each measured step, whatever its logging settings, so a row's `train_loss`
+is the trainer's logged loss: the mean since its previous log (the step's own loss with
+`logging_steps=1`). A probe step whose log something else suppresses is an error (T3SError).
 
 Under accelerate every process runs the callback: all save through `save_model`, each measures a
 share of the prompts and the verdicts are gathered (as in `t3s probe`); the main process writes
@@ -166,6 +167,7 @@ class T3SCallback(TrainerCallback):  # type: ignore[misc]
             )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self._check_measured()
         if state.global_step in self.probe.save_steps:
             # Measure after the trainer logs this step's loss (on_log), which the row records.
             control.should_log = True
@@ -195,8 +197,19 @@ class T3SCallback(TrainerCallback):  # type: ignore[misc]
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         from t3s import distributed
 
+        self._check_measured()
         extras = self.stage.conclude(self.run, self.probe, self.started.attempt.main)
         finish(self.run, self.stage, self.started, extras, distributed.state())
+
+    def _check_measured(self) -> None:
+        # The trainer logs the loss right after on_step_end; a probe step still pending at the next
+        # step (or at the end) was never logged, so never measured: the probe would miss it silently.
+        if self.pending is not None:
+            raise T3SError(
+                f"T3SCallback: the trainer logged no loss at probe step {self.pending}, so it was not "
+                "measured; a callback after T3SCallback or a trainer override suppressed the log it "
+                "requests there (control.should_log): let the trainer log at the probe's steps"
+            )
 
     def _log(self, row: dict[str, Any] | None) -> None:
         if row is not None:  # the main process's row

@@ -3,11 +3,12 @@ resume, accelerate); only the batch and the loss differ.
 
 The collator pads a batch and marks what may be noised (the response, and LLaDA's EOS padding) and
 the target set B of union masking. The noise is drawn when Trainer fetches the micro-batches of an
-optimizer step (`get_batch_samples`), from a generator seeded by (seed, step, micro-batch, process):
-the masks are then known before any forward, so the loss tokens of the whole step are counted on
-every process and gathered, as Trainer counts AR labels, and each micro-batch's loss is its weighted
-sum over that global count (`t3s.dllm.noise.loss_count`). A resumed run draws the same masks,
-since the draw depends on the step and not on any RNG state.
+optimizer step (`get_batch_samples`), from a generator seeded by (seed, step, the micro-batch's place
+in the step's global batch): the masks are then known before any forward, so the loss tokens of the
+whole step are counted on every process and gathered, as Trainer counts AR labels, and each
+micro-batch's loss is its weighted sum over that global count (`t3s.dllm.noise.loss_count`). A
+resumed run draws the same masks, since the draw depends on the step and not on any RNG state, and
+so do N processes and one accumulating their micro-batches: they train to the same weights.
 """
 
 from __future__ import annotations
@@ -121,9 +122,10 @@ class DiffusionCollator:
         }
 
 
-def draw_seed(seed: int, step: int, micro: int, process: int) -> int:
-    """The seed of one micro-batch's noise: a function of where it sits in training, nothing else."""
-    return int(digest("dllm-noise", seed, step, micro, process), 16) % 2**63
+def draw_seed(seed: int, step: int, micro: int) -> int:
+    """The seed of one micro-batch's noise: a function of where it sits in training, nothing else
+    (`micro`: its index in the step's global batch, over every process)."""
+    return int(digest("dllm-noise", seed, step, micro), 16) % 2**63
 
 
 def noise_batch(
@@ -190,10 +192,12 @@ def _diffusion_trainer_class() -> Any:
 
         def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
             samples, _ = super().get_batch_samples(*args, **kwargs)  # no labels yet: nothing counted
-            step, process = self.state.global_step, self.args.process_index
+            step, world, process = self.state.global_step, self.args.world_size, self.args.process_index
             count = torch.zeros((), dtype=torch.long)
             for k, batch in enumerate(samples):
-                seed = draw_seed(self.args.seed, step, k, process)
+                # accelerate deals the micro-batches to the processes in turn, so this process's k-th
+                # is the step's (k·world + process)-th: the one a single process accumulating draws.
+                seed = draw_seed(self.args.seed, step, k * world + process)
                 count += noise_batch(batch, self.diffusion, self.mask_token_id, seed)
             count = count.to(self.args.device)
             if self.args.average_tokens_across_devices and self.args.world_size > 1:
