@@ -110,9 +110,15 @@ def _freeze(model: Any, recipe: TrainRecipe) -> None:
                 p.requires_grad_(False)
 
 
-def prepare_model(model: Any, recipe: TrainRecipe) -> Any:
-    """Apply freezing or LoRA as the recipe says."""
+def prepare_model(model: Any, recipe: TrainRecipe, trainable_tokens: Sequence[int] = ()) -> Any:
+    """Apply freezing or LoRA as the recipe says.
+
+    `trainable_tokens`: embedding rows the LoRA adapter also trains and saves (peft's trainable
+    tokens), e.g. a dLLM's new mask token, whose row no LoRA delta of a linear layer can reach.
+    """
     _freeze(model, recipe)
+    if trainable_tokens and recipe.lora is None:
+        raise T3SError("trainable_tokens needs a LoRA recipe (without LoRA every row trains)")
     if recipe.lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -123,6 +129,7 @@ def prepare_model(model: Any, recipe: TrainRecipe) -> Any:
             target_modules=recipe.lora.target_modules,
             layers_to_transform=recipe.lora.layers,
             task_type="CAUSAL_LM",
+            trainable_token_indices=list(trainable_tokens) or None,
         )
         model = get_peft_model(model, cfg)
     return model

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from t3s.fingerprint import digest, model_fingerprint
 from t3s.io import write_json
@@ -19,10 +19,57 @@ from t3s.stage import Attempt, Stage
 from t3s.testbed.task import STYLE_PREFIX, Numbers, problem_id, prompt, verify
 from t3s.verify import Verdict
 
+if TYPE_CHECKING:
+    from t3s.dllm.sampler import DiffusionSampling
+    from t3s.sampling import SampleRecord
+
 
 def verify_forced(prefix: str, gold: str, completion: str) -> Verdict:
     """The testbed's verdict on a whole answer: the forced prefix, then what the model wrote."""
     return verify(gold, prefix + completion)
+
+
+def greedy_records(
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[Numbers],
+    prefix: str = "",
+    max_new_tokens: int = 48,
+    batch_size: int = 64,
+    diffusion: DiffusionSampling | None = None,
+) -> list[SampleRecord]:
+    """Greedy samples of `problems` with their verdicts, the answer forced to start with `prefix`.
+
+    With `diffusion` settings `model` is a dLLM, sampled by denoising.
+    """
+    from t3s.backends import BackendOptions, make_backend
+    from t3s.generation import SamplingParams
+    from t3s.sampling import sample_and_verify
+    from t3s.tokens import encode_prompt
+    from t3s.verify import VerifierPool
+
+    # The prefix is tokenized on its own, as a response is in training, so the boundary matches.
+    forced = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    prompts = [encode_prompt(tokenizer, prompt(p), "plain") + forced for p in problems]
+    options = BackendOptions(template="plain", batch_size=batch_size, progress="greedy accuracy")
+    if diffusion is None:
+        backend = make_backend(model, options, tokenizer=tokenizer)
+    else:
+        from t3s.dllm.sampler import diffusion_backend
+
+        backend = diffusion_backend(model, tokenizer, diffusion, options)
+    pool = VerifierPool(functools.partial(verify_forced, prefix))
+    try:
+        return sample_and_verify(
+            backend,
+            [problem_id(p) for p in problems],
+            prompts,
+            [str(sum(p)) for p in problems],
+            SamplingParams(max_new_tokens=max_new_tokens),
+            pool,
+        ).records
+    finally:
+        pool.close()
 
 
 def greedy_accuracy(
@@ -34,29 +81,9 @@ def greedy_accuracy(
     batch_size: int = 64,
 ) -> tuple[float, list[str]]:
     """Greedy accuracy on `problems`, the answer forced to start with `prefix`; also the answers."""
-    from t3s.backends import BackendOptions, make_backend
-    from t3s.generation import SamplingParams
-    from t3s.sampling import accuracy, sample_and_verify
-    from t3s.tokens import encode_prompt
-    from t3s.verify import VerifierPool
+    from t3s.sampling import accuracy
 
-    # The prefix is tokenized on its own, as a response is in training, so the boundary matches.
-    forced = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-    prompts = [encode_prompt(tokenizer, prompt(p), "plain") + forced for p in problems]
-    options = BackendOptions(template="plain", batch_size=batch_size, progress="greedy accuracy")
-    backend = make_backend(model, options, tokenizer=tokenizer)
-    pool = VerifierPool(functools.partial(verify_forced, prefix))
-    try:
-        records = sample_and_verify(
-            backend,
-            [problem_id(p) for p in problems],
-            prompts,
-            [str(sum(p)) for p in problems],
-            SamplingParams(max_new_tokens=max_new_tokens),
-            pool,
-        ).records
-    finally:
-        pool.close()
+    records = greedy_records(model, tokenizer, problems, prefix, max_new_tokens, batch_size)
     return accuracy(records), [prefix + r.completion for r in records]
 
 
