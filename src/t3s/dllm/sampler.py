@@ -15,33 +15,18 @@ every sample has stopped, later blocks are not decoded.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from t3s.backends import BackendOptions, EngineBackend
 from t3s.dllm.a2d import mask_token_id
 from t3s.dllm.attention import bidirectional_mask, block_causal_mask, model_attention_mask
 from t3s.dllm.noise import generator
+from t3s.dllm.settings import DiffusionSampling
 from t3s.errors import T3SError
 from t3s.generation import Completion, OnBatch, SamplingParams, TransformersEngine
 from t3s.tokens import Template
-
-
-class DiffusionSampling(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    steps: int | None = Field(None, ge=1, description="denoising steps in all (default: one per new token)")
-    block_length: int = Field(32, ge=1, description="semi-autoregressive block length")
-    remasking: Literal["low_confidence", "random"] = Field(
-        "low_confidence", description="which tokens to commit"
-    )
-    threshold: float | None = Field(
-        None, gt=0, le=1, description="also commit every token more confident than this (parallel decoding)"
-    )
-    attention: Literal["full", "block"] = Field(
-        "full", description="full (MDM) or block-causal (block diffusion)"
-    )
 
 
 def transfer_schedule(masked: int, steps: int) -> list[int]:
