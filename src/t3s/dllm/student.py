@@ -10,11 +10,13 @@ compared, not names).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from t3s.dllm.settings import DiffusionSampling, DiffusionSettings
+from t3s.errors import T3SError, validation_error
 
 
 class DllmStudent(BaseModel):
@@ -53,3 +55,19 @@ def check_student_tokenizer(selector: str, student: DllmStudent, *, trust_remote
         load_tokenizer(student.model, trust_remote_code=trust_remote_code),
         where=f"selector {selector} (for the dLLM student {student.model})",
     )
+
+
+def load_student(path: Path) -> DllmStudent:
+    """A dLLM student from a YAML file: a run config's `student:` section, or the whole run config."""
+    from t3s.config_file import read_mapping
+
+    raw = read_mapping(path)
+    prefix: tuple[str, ...] = ()
+    if "student" in raw:
+        raw, prefix = raw["student"], ("student",)
+        if not isinstance(raw, dict):
+            raise T3SError(f"{path}: student: expected a mapping (kind: dllm, model, ...)")
+    try:
+        return DllmStudent(**raw)
+    except ValidationError as exc:
+        raise validation_error(exc, source=path, prefix=prefix) from None
