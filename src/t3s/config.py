@@ -24,7 +24,7 @@ from t3s.dllm.student import DllmStudent
 from t3s.errors import validation_error
 from t3s.evaluation import EvalSettings
 from t3s.probe import ProbeSettings
-from t3s.selection import SelectOptions
+from t3s.selection import DLLM_POLICIES, SelectOptions
 from t3s.tokens import TokenizeConfig
 from t3s.training import TrainRecipe
 
@@ -168,6 +168,19 @@ class RunConfig(_Strict):
         if raw.get("rrt") is True:
             raise ValueError("rrt: a dLLM student has no RRT (its probe is the AR selector's); drop rrt")
         return {**raw, "rrt": False}
+
+    @model_validator(mode="after")
+    def _policies_fit_the_student(self) -> RunConfig:
+        """A dLLM learns every response token (its policies choose targets); an AR student reads none."""
+        dllm = [o.output_name() for o in self.policies if o.policy in DLLM_POLICIES]
+        if self.student is None and dllm:
+            raise ValueError(f"policies {', '.join(dllm)} select targets for a dLLM student: add student")
+        ar = [o.output_name() for o in self.policies if o.policy not in ("sft", *DLLM_POLICIES)]
+        if self.student is not None and ar:
+            raise ValueError(
+                f"policies {', '.join(ar)} are AR loss masks; a dLLM student trains sft, dllm-t3s, dllm-random"
+            )
+        return self
 
 
 def load_config(path: str | Path, overrides: Sequence[Override] = ()) -> RunConfig:

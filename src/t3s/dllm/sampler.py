@@ -175,3 +175,17 @@ def diffusion_backend(
         options,
         tokenizer=lambda: tokenizer,
     )
+
+
+def load_diffusion_engine(path: str, settings: DiffusionSampling, options: BackendOptions) -> DiffusionEngine:
+    """A saved dLLM (with its tokenizer, whose mask token the sampler writes) as an engine, placed
+    and typed as `options` say: what `t3s eval` builds for each model of a dLLM run."""
+    from t3s.dllm.a2d import load_dllm
+    from t3s.models import load_tokenizer, resolve_device, resolve_dtype
+
+    device = resolve_device(options.device)
+    model = load_dllm(path, device=device, dtype=resolve_dtype(options.dtype, device))
+    tokenizer = load_tokenizer(path, trust_remote_code=options.trust_remote_code)
+    return DiffusionEngine(
+        model, tokenizer, settings, options.batch_size, progress=options.progress, template=options.template
+    )
