@@ -21,7 +21,11 @@ from t3s.rundir import RunDir
 from t3s.selection import SelectOptions
 
 TAU = 0.05  # small enough that a 4-step probe of a random model leaves yet-to-learn tokens
-POLICIES = ["sft", {"policy": "dllm-t3s", "tau": TAU}, {"policy": "dllm-random", "match": "dllm-t3s", "tau": TAU}]
+POLICIES = [
+    "sft",
+    {"policy": "dllm-t3s", "tau": TAU},
+    {"policy": "dllm-random", "match": "dllm-t3s", "tau": TAU},
+]
 EVAL = {"samples": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "batch_size": 8}
 
 
@@ -84,7 +88,9 @@ def test_dllm_t3s_targets_are_the_yet_to_learn_tokens(dllm_run: tuple[RunDir, di
     total = chosen = 0
     for p, m, b in zip(profile.to_pylist(), masks.to_pylist(), _targets(run, "dllm-t3s"), strict=True):
         response = response_mask(len(p["input_ids"]), p["response_start"], p["response_end"])
-        delta = np.asarray(p["logprob_bottleneck"], dtype=np.float32) - np.asarray(p["logprob_base"], dtype=np.float32)
+        delta = np.asarray(p["logprob_bottleneck"], dtype=np.float32) - np.asarray(
+            p["logprob_base"], dtype=np.float32
+        )
         np.testing.assert_array_equal(b, yet_to_learn(delta, response, TAU))
         np.testing.assert_array_equal(np.asarray(m["loss_mask"], dtype=bool), response)  # all may be noised
         assert m["labels"] == np.where(response, p["input_ids"], -100).tolist()
@@ -100,7 +106,9 @@ def test_dllm_random_draws_a_target_set_of_the_same_size(dllm_run: tuple[RunDir,
     assert sum(int(b.sum()) for b in rnd) == sum(int(b.sum()) for b in t3s)
     assert any((a != b).any() for a, b in zip(t3s, rnd, strict=True))
     for row, b in zip(run.masks("dllm-random").to_pylist(), rnd, strict=True):
-        assert not (b & ~response_mask(len(row["input_ids"]), row["response_start"], row["response_end"])).any()
+        assert not (
+            b & ~response_mask(len(row["input_ids"]), row["response_start"], row["response_end"])
+        ).any()
     sft = pq.read_table(run.masks_dir("sft") / "data.parquet")
     assert "target_mask" not in sft.column_names  # dLLM SFT: B = ∅
 
@@ -123,7 +131,9 @@ def test_the_run_trains_the_student_and_evaluates_it_with_the_diffusion_sampler(
         summary = json.loads(run.eval_result("c", f"policy-{r['policy']}").read_text())
         assert summary["sampler"]["block_length"] == 8  # the student's sampler generated it
     md = (run.report_dir / "summary.md").read_text(encoding="utf-8")
-    assert "## Evaluation" in md and "dllm-t3s" in md
+    assert "| dllm-t3s | " in md.split("## Evaluation")[1].split("## ")[0]  # the policies' eval table
+    stats = json.loads((run.masks_dir("dllm-t3s") / "stats.json").read_text())
+    assert f"| dllm-t3s | {stats['target_tokens']} | {stats['target_fraction']:.1%} |" in md
     assert "not built" not in md
 
 
@@ -139,7 +149,15 @@ def test_an_ar_mask_is_refused_for_the_dllm_and_a_target_set_for_an_ar_student(
     (tmp_path / "student.yaml").write_text(yaml.safe_dump({"kind": "dllm", "model": str(student)}))
     result = CliRunner().invoke(
         app,
-        ["train", "--run", str(run.root), "--policy", "static-high", "--dllm-student", str(tmp_path / "student.yaml")],
+        [
+            "train",
+            "--run",
+            str(run.root),
+            "--policy",
+            "static-high",
+            "--dllm-student",
+            str(tmp_path / "student.yaml"),
+        ],
         env={"COLUMNS": "400"},
     )
     assert isinstance(result.exception, T3SError)  # `t3s` prints it as one line (cli.app.main)
@@ -147,7 +165,9 @@ def test_an_ar_mask_is_refused_for_the_dllm_and_a_target_set_for_an_ar_student(
         f"{run.masks_dir('static-high')}: example 'p0' keeps part of its response (an AR policy's mask); "
         "a dLLM student trains on sft, dllm-t3s or dllm-random masks"
     )
-    with pytest.raises(T3SError, match=r"dllm-t3s: a dLLM target set \(target_mask\); train it with a dLLM student"):
+    with pytest.raises(
+        T3SError, match=r"dllm-t3s: a dLLM target set \(target_mask\); train it with a dLLM student"
+    ):
         api.train(run.root, "dllm-t3s")
 
 
@@ -163,9 +183,10 @@ def test_select_prints_the_target_fraction(dllm_run: tuple[RunDir, dict], tmp_pa
     assert result.exit_code == 0, result.output
     stats = json.loads((run / "masks" / "tau0" / "stats.json").read_text())
     assert f"(target fraction {stats['target_fraction']:.1%})" in result.output
-    assert stats["target_tokens"] >= json.loads((run / "masks" / "dllm-t3s" / "stats.json").read_text())[
-        "target_tokens"
-    ]
+    assert (
+        stats["target_tokens"]
+        >= json.loads((run / "masks" / "dllm-t3s" / "stats.json").read_text())["target_tokens"]
+    )
 
 
 def test_a_student_with_another_tokenizer_is_refused_before_the_first_stage(
