@@ -313,7 +313,9 @@ def evaluate(
     """Score the run's models on a benchmark (id, problem, answer) into RUN/eval/<bench>/: θ0 and
     every probe checkpoint on disk (or just `steps`; 0 is θ0), or the named `policies` (trained
     ones, base, sft, rrt; ["all"]: every trained model). The prompt template is the run's unless
-    `settings` sets one. Returns one row of metrics per model (the curve, or the policies' table)."""
+    `settings` sets one. In a run with a dLLM student (recorded by `train`), the policies (base: the
+    student's θ0) generate with its diffusion sampler. Returns one row of metrics per model (the
+    curve, or the policies' table), generated tokens included."""
     from t3s.evaluation import evaluate_run, load_bench, run_template
 
     if steps and policies:

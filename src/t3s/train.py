@@ -53,11 +53,8 @@ class TrainStage(Stage):
         student: DllmStudent | None = None,
     ) -> None:
         self.policy, self.name = policy, f"train:{policy}"
-        self.base, self.recipe = (
-            base,
-            recipe,
-        )  # default: the run's θ0 (or the student's) and the probe's recipe
-        self.student = student
+        # Defaults: the run's θ0 (a dLLM student's own θ0) and the probe's recipe.
+        self.base, self.recipe, self.student = base, recipe, student
         self.save_every, self.trust_remote_code = save_every, trust_remote_code
         self.items: list[TokenizedExample] = []
         self.labels: list[list[int]] = []
@@ -157,7 +154,7 @@ class TrainStage(Stage):
         summary = {"base": base, "masks": str(run.masks_dir(self.policy).relative_to(run.root)),
                    "steps": recipe.steps, "final_loss": rows[-1]["loss"] if rows else None, "loss": self.loss}  # fmt: skip
         if self.student is not None:
-            summary.update(student="dllm", objective=self.student.diffusion.objective)
+            summary.update(loss="diffusion", student="dllm", objective=self.student.diffusion.objective)
         if attempt.main:
             tokenizer.save_pretrained(str(tmp))
             shutil.rmtree(run.model_dir(self.policy), ignore_errors=True)
