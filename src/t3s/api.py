@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from t3s.analysis.options import AnalysisOptions, AnalyzeSettings
 from t3s.config import CrossModel, EvalSection, ProfileSettings, RunConfig, load_config
 from t3s.data import Example, Problem, load_corpus
+from t3s.dllm.student import DllmStudent
 from t3s.errors import T3SError
 from t3s.evaluation import Bench, EvalSettings
 from t3s.export import Format
@@ -46,6 +47,7 @@ __all__ = [
     "Bench",
     "CorpusCheck",
     "CrossModel",
+    "DllmStudent",
     "EvalSection",
     "EvalSettings",
     "Example",
@@ -267,17 +269,28 @@ def train(
     save_every: int = 10,
     report_to: Sequence[str] | None = None,
     trust_remote_code: bool = False,
+    student: DllmStudent | None = None,
 ) -> dict[str, Any]:
     """θ0 trained on RUN/masks/<policy> with the probe's recipe (or `recipe`) into
     RUN/train/<policy>/model, resumable from a checkpoint every `save_every` steps; `report_to`
-    replaces the recipe's HF Trainer loggers. Returns the summary (base, masks, steps, final_loss)."""
+    replaces the recipe's HF Trainer loggers. Returns the summary (base, masks, steps, final_loss).
+
+    With a dLLM `student`, its θ0 is trained with the diffusion objective on the masks (those of
+    sft, dllm-t3s or dllm-random); the run records the student, whose sampler `evaluate` then uses
+    for the run's models (base is the student's θ0)."""
+    from t3s.stage import processes
     from t3s.train import train_policy
 
     if report_to:
         recipe = (recipe or RunDir(run).recipe()).model_copy(update={"report_to": list(report_to)})
+    if student is not None:
+        student = student.resolved()
+        if processes().is_main_process:
+            RunDir(run).record("student", student.model_dump(mode="json"))
     return train_policy(
-        run, policy, recipe=recipe, save_every=save_every, trust_remote_code=trust_remote_code
-    )
+        run, policy, recipe=recipe, save_every=save_every, trust_remote_code=trust_remote_code,
+        student=student,
+    )  # fmt: skip
 
 
 def rrt(run: PathLike) -> dict[str, Any]:
@@ -300,7 +313,9 @@ def evaluate(
     """Score the run's models on a benchmark (id, problem, answer) into RUN/eval/<bench>/: θ0 and
     every probe checkpoint on disk (or just `steps`; 0 is θ0), or the named `policies` (trained
     ones, base, sft, rrt; ["all"]: every trained model). The prompt template is the run's unless
-    `settings` sets one. Returns one row of metrics per model (the curve, or the policies' table)."""
+    `settings` sets one. In a run with a dLLM student (recorded by `train`), the policies (base: the
+    student's θ0) generate with its diffusion sampler. Returns one row of metrics per model (the
+    curve, or the policies' table), generated tokens included."""
     from t3s.evaluation import evaluate_run, load_bench, run_template
 
     if steps and policies:

@@ -20,10 +20,11 @@ from pydantic import (
 
 from t3s.analysis.options import AnalyzeSettings
 from t3s.config_file import Override, apply_overrides, read_mapping
+from t3s.dllm.student import DllmStudent
 from t3s.errors import validation_error
 from t3s.evaluation import EvalSettings
 from t3s.probe import ProbeSettings
-from t3s.selection import SelectOptions
+from t3s.selection import DLLM_POLICIES, SelectOptions
 from t3s.tokens import TokenizeConfig
 from t3s.training import TrainRecipe
 
@@ -111,7 +112,7 @@ def _run_template(section: Any, template: Any) -> Any:
 
 class RunConfig(_Strict):
     run_dir: Path = Field(description="the run directory")
-    model: str = Field(description="the student θ0")
+    model: str = Field(description="the student θ0 (with a dLLM student: the AR selector whose Δc selects)")
     data: Path = Field(description="the distillation corpus")
     trust_remote_code: bool = Field(False, description="allow custom model code from the checkpoint")
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig, description="how examples are tokenized")
@@ -124,7 +125,16 @@ class RunConfig(_Strict):
         default_factory=lambda: [SelectOptions(policy="t3s")], description="the masks to select and train"
     )
     save_every: int = Field(10, ge=1, description="resume checkpoints of each retraining")
-    rrt: bool = Field(True, description="finish with Recovering Residual Transfer")
+    rrt: bool = Field(
+        True,
+        description="finish with Recovering Residual Transfer (AR students only: false by default with a "
+        "dLLM student, whose probe is the AR selector's)",
+    )
+    student: DllmStudent | None = Field(
+        None,
+        exclude_if=lambda v: v is None,  # dumped only when set: earlier runs' records stay as they were
+        description="a dLLM student trained and evaluated in place of `model` (kind: dllm)",
+    )
     eval: list[EvalSection] = Field(default_factory=list, description="benchmarks scored after training")
     analyze: AnalyzeSettings | None = Field(None, description="analyses run after the evaluations")
     report: bool = Field(False, description="write RUN/report/ (HTML and Markdown) at the end")
@@ -148,6 +158,29 @@ class RunConfig(_Strict):
         else:
             return raw  # not valid: its own error follows
         return {**raw, "eval": [_run_template(section, template) for section in raw["eval"]]}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dllm_without_rrt(cls, raw: Any) -> Any:
+        """RRT moves AR weights along the probe's trajectory; a dLLM student has no such trajectory."""
+        if not isinstance(raw, dict) or raw.get("student") is None:
+            return raw
+        if raw.get("rrt") is True:
+            raise ValueError("rrt: a dLLM student has no RRT (its probe is the AR selector's); drop rrt")
+        return {**raw, "rrt": False}
+
+    @model_validator(mode="after")
+    def _policies_fit_the_student(self) -> RunConfig:
+        """A dLLM learns every response token (its policies choose targets); an AR student reads none."""
+        dllm = [o.output_name() for o in self.policies if o.policy in DLLM_POLICIES]
+        if self.student is None and dllm:
+            raise ValueError(f"policies {', '.join(dllm)} select targets for a dLLM student: add student")
+        ar = [o.output_name() for o in self.policies if o.policy not in ("sft", *DLLM_POLICIES)]
+        if self.student is not None and ar:
+            raise ValueError(
+                f"policies {', '.join(ar)} are AR loss masks; a dLLM student trains sft, dllm-t3s, dllm-random"
+            )
+        return self
 
 
 def load_config(path: str | Path, overrides: Sequence[Override] = ()) -> RunConfig:

@@ -4,6 +4,10 @@ tokenize -> probe -> profile (+ cross-model profiles) -> select and train each p
 eval (each benchmark of the config) -> analyze, then the report when the config asks for one.
 `_chain` runs them through the API functions (`t3s.api`), as a user's script would;
 `t3s.stage.execute` decides, from the fingerprints of each one's inputs, whether each is already done. The testbed runs this same chain and adds its own records after it.
+
+With a dLLM student (`student:`) the probe and profile are the AR selector's (`model`), every
+policy (plain SFT included) trains the student, there is no RRT, and the evaluations generate
+the run's models with the student's diffusion sampler.
 """
 
 from __future__ import annotations
@@ -44,9 +48,12 @@ def policy_options(cfg: RunConfig, run: RunDir) -> list[SelectOptions]:
     return out
 
 
-def trains(options: SelectOptions) -> bool:
+def trains(options: SelectOptions, dllm: bool = False) -> bool:
     """Whether a policy trains a model of its own. Plain SFT does not: the probe is plain SFT with
-    this very recipe, so its final checkpoint is the SFT model (`RunDir.model("sft")`)."""
+    this very recipe, so its final checkpoint is the SFT model (`RunDir.model("sft")`); a `dllm`
+    student's SFT does, since the probe trained the AR selector."""
+    if dllm:
+        return True
     plain = options.policy == "sft" and options.selector == "bottleneck" and options.profile is None
     return not (plain and options.loss == "nll")
 
@@ -65,7 +72,7 @@ def profile_steps(cfg: RunConfig, policies: list[SelectOptions]) -> list[int]:
 
 def model_names(cfg: RunConfig, policies: list[SelectOptions]) -> list[str]:
     """The models the chain makes, by name: base (θ0), sft, each trained policy, rrt."""
-    trained = [o.output_name() for o in policies if trains(o)]
+    trained = [o.output_name() for o in policies if trains(o, cfg.student is not None)]
     return list(dict.fromkeys(["base", "sft", *trained, *(["rrt"] if cfg.rrt else [])]))
 
 
@@ -99,9 +106,12 @@ def _chain(cfg: RunConfig, run: RunDir, policies: list[SelectOptions]) -> None:
     api.profile(run.root, cfg.profile.model_copy(update={"steps": steps}), trust_remote_code=remote)
     for options in policies:
         api.select(run.root, options)
-        if trains(options):
+        if trains(options, cfg.student is not None):
             name = options.output_name()
-            api.train(run.root, name, recipe=cfg.recipe, save_every=cfg.save_every, trust_remote_code=remote)
+            api.train(
+                run.root, name, recipe=cfg.recipe, save_every=cfg.save_every, trust_remote_code=remote,
+                student=cfg.student,
+            )  # fmt: skip
     if cfg.rrt:
         api.rrt(run.root)
     for section in cfg.eval:
@@ -115,6 +125,13 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     from t3s.testbed import resolve_builtin
 
     cfg = cfg.model_copy(update={"model": resolve_builtin(cfg.model)})
+    if (
+        cfg.student is not None
+    ):  # a student that cannot read the selector's tokens is refused before the first
+        from t3s.dllm.student import check_student_tokenizer
+
+        cfg = cfg.model_copy(update={"student": cfg.student.resolved()})
+        check_student_tokenizer(cfg.model, cfg.student, trust_remote_code=cfg.trust_remote_code)
     if cfg.rrt:  # RRT is the last training stage: a run that cannot do it is refused before the first
         from t3s.rrt import check_rrt_inputs
 

@@ -475,7 +475,21 @@ def _policy_items(ctx: ReportContext, run: ReportRun) -> list[Item]:
     if histories:
         fig = plots.policy_loss_figure(histories)
         items.append(Figure(ctx.slug(run, "policies"), plots.png_bytes(fig), "Training loss of each policy."))
+    items += _target_items(run)
     return items
+
+
+def _target_items(run: ReportRun) -> list[Item]:
+    """A dLLM run's target sets B (the masks' stats.json): their size beside the random noise."""
+    rows = []
+    for masks in run.run.masks_dirs():
+        stats = run.json(masks / "stats.json")
+        if isinstance(stats, dict) and "target_fraction" in stats:
+            rows.append([masks.name, fmt(stats.get("target_tokens")), pct(stats["target_fraction"])])
+    if not rows:
+        return []
+    caption = "dLLM target sets B: response tokens masked on top of the random noise (union masking)."
+    return [Table(["masks", "target tokens", "target fraction"], rows, caption)]
 
 
 def policies_section(ctx: ReportContext) -> list[Section]:

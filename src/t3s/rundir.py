@@ -25,6 +25,7 @@ from t3s.errors import T3SError
 from t3s.io import read_json, read_jsonl, write_json
 
 if TYPE_CHECKING:
+    from t3s.dllm.student import DllmStudent
     from t3s.tokens import TokenizedExample
     from t3s.training import TrainRecipe
 
@@ -215,15 +216,24 @@ class RunDir:
         write_json(self.bottleneck_path, record)
         self.record("probe", record)
 
+    def student(self) -> DllmStudent | None:
+        """The run's dLLM student (recorded by `t3s train` with one), or None: an AR run."""
+        from t3s.dllm.student import DllmStudent
+
+        record = self.manifest().get("student")
+        return DllmStudent(**record) if record else None
+
     def model(self, name: str) -> str:
         """A model of the run by name: a trained policy's (`rrt` included), else `base` (θ0) or `sft`,
-        the probe's final checkpoint (the probe is plain SFT with the recipe every policy trains with)."""
+        the probe's final checkpoint (the probe is plain SFT with the recipe every policy trains with).
+        In a run with a dLLM student, `base` is the student's θ0 and `sft` is trained like a policy."""
         trained = self.model_dir(name)
         if (trained / "config.json").exists():
             return str(trained)
+        student = self.student() if name in ("base", "sft") else None
         if name == "base":
-            return self.base_model()
-        if name == "sft":
+            return student.model if student else self.base_model()
+        if name == "sft" and student is None:
             return self.resolve(self.bottleneck()["final"])
         raise T3SError(f"policy {name!r}: no trained model at {trained}; run `t3s train` for it first")
 

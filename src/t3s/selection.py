@@ -17,6 +17,14 @@ Every policy returns, per example, a 0/1 `loss_mask` over all positions of `inpu
 `--match t3s` sets p to the fraction the t3s policy drops with the same selector and threshold.
 Both ranked-keep policies never keep a token they cannot score (NaN, e.g. a response's first token).
 `loss: dft` trains a policy's masks with Dynamic Fine-Tuning (-sg(p)·log p) instead of NLL.
+
+dLLM students (`t3s.dllm`) train on every response token, so their policies keep the whole response
+in `loss_mask` and choose a target set B instead, the `target_mask` column (masked on top of the
+random noise, union masking):
+- dllm-t3s: B = the yet-to-learn tokens, Δc < −tau (`t3s.dllm.targets.yet_to_learn`).
+- dllm-random: a seeded random B of `fraction` of the response tokens, or (`match: dllm-t3s`) of
+  the size dllm-t3s selects with the same selector and tau.
+Plain `sft` is dLLM SFT for a dLLM student (B = ∅).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
 from t3s.analysis.lossshare import kept_loss_share, low_share_warning
+from t3s.dllm.targets import DEFAULT_TAU, random_targets, yet_to_learn
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, file_digest
 from t3s.io import atomic_dir, read_json, write_json
@@ -42,10 +51,14 @@ from t3s.stage import Attempt, Stage, execute
 
 console = Console(stderr=True)
 
-Policy = Literal["sft", "t3s", "inverse", "static-high", "static-low", "random", "excess-loss", "entropy"]
+Policy = Literal[
+    "sft", "t3s", "inverse", "static-high", "static-low", "random", "excess-loss", "entropy",
+    "dllm-t3s", "dllm-random",
+]  # fmt: skip
 POLICIES: tuple[str, ...] = Policy.__args__  # type: ignore[attr-defined]
 _KEEP_RANKED = ("excess-loss", "entropy")
 _BUDGETED = ("static-high", "static-low", "random", *_KEEP_RANKED)
+DLLM_POLICIES = ("dllm-t3s", "dllm-random")  # a target set B for a dLLM student, not a keep mask
 # excess-loss's default reference: the probe's final checkpoint, profiled as step<final step>.
 FINAL = "final"
 
@@ -53,15 +66,22 @@ FINAL = "final"
 class SelectOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     policy: Policy = Field(
-        description="sft, t3s, inverse, static-high, static-low, random, excess-loss, entropy"
+        description="sft, t3s, inverse, static-high, static-low, random, excess-loss, entropy; "
+        "dLLM students: dllm-t3s, dllm-random"
     )
     threshold: float = Field(0.0, ge=0, le=30, description="anchors: Δc > threshold (nats)")
     selector: str = Field("bottleneck", description="profile column playing θb: bottleneck, stepK, ...")
     fraction: float | None = Field(
-        None, gt=0, lt=1, description="static/random/excess-loss/entropy: share of response tokens dropped"
+        None,
+        gt=0,
+        lt=1,
+        description="static/random/excess-loss/entropy: share of response tokens dropped; "
+        "dllm-random: share of response tokens in B",
     )
-    match: Literal["t3s"] | None = Field(
-        None, description="static/random/excess-loss/entropy: 't3s' drops the share t3s drops"
+    match: Literal["t3s", "dllm-t3s"] | None = Field(
+        None,
+        description="static/random/excess-loss/entropy: 't3s' drops the share t3s drops; "
+        "dllm-random: 'dllm-t3s' draws as many targets as dllm-t3s selects",
     )
     seed: int = Field(0, description="random policy seed")
     profile: str | None = Field(None, description="cross-model: a profile made by another model")
@@ -77,13 +97,30 @@ class SelectOptions(BaseModel):
         exclude_if=lambda v: v == "nll",
         description="training objective on the kept tokens: nll, or dft (Dynamic Fine-Tuning, via TRL)",
     )
+    tau: float = Field(
+        DEFAULT_TAU,
+        ge=0,
+        exclude_if=lambda v: v == DEFAULT_TAU,
+        description="dllm-t3s (and dllm-random matching it): B = response tokens with Δc < −tau (nats)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SelectOptions:
-        if self.policy in _BUDGETED and (self.fraction is None) == (self.match is None):
+        dllm_random = self.policy == "dllm-random"
+        if (self.policy in _BUDGETED or dllm_random) and (self.fraction is None) == (self.match is None):
             raise ValueError(f"policy {self.policy} needs exactly one of fraction or match")
-        if self.policy not in _BUDGETED and (self.fraction is not None or self.match is not None):
+        if not (self.policy in _BUDGETED or dllm_random) and (self.fraction, self.match) != (None, None):
             raise ValueError(f"policy {self.policy} takes no fraction or match")
+        if self.match is not None and (self.match == "dllm-t3s") != dllm_random:
+            raise ValueError(
+                f"policy {self.policy} takes no match {self.match} (dllm-random matches dllm-t3s)"
+            )
+        if "tau" in self.model_fields_set and self.policy not in DLLM_POLICIES:
+            raise ValueError(f"policy {self.policy} takes no tau (dllm-t3s does)")
+        if self.policy in DLLM_POLICIES and self.loss != "nll":
+            raise ValueError(
+                f"policy {self.policy}: a dLLM student trains with the diffusion loss, not {self.loss}"
+            )
         if self.reference is not None and self.policy != "excess-loss":
             raise ValueError(f"policy {self.policy} takes no reference (excess-loss does)")
         if self.name is not None and not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
@@ -164,7 +201,7 @@ def _drop_flat(responses: list[np.ndarray], drop: np.ndarray) -> list[np.ndarray
 def select(table: pa.Table, options: SelectOptions) -> list[np.ndarray]:
     """Keep masks (bool, one per example, over all positions) for a policy on a profile table."""
     responses = response_masks(table)
-    if options.policy == "sft":
+    if options.policy in ("sft", *DLLM_POLICIES):  # a dLLM student may noise and learn every response token
         return responses
     base = _column(table, "logprob_base")
     if options.policy in ("t3s", "inverse"):
@@ -192,6 +229,29 @@ def select(table: pa.Table, options: SelectOptions) -> list[np.ndarray]:
     return _drop_ranked(base, responses, k, highest=options.policy == "static-high")
 
 
+def dllm_targets(table: pa.Table, options: SelectOptions) -> list[np.ndarray]:
+    """A dLLM policy's target set B (bool, one per example, over all positions)."""
+    responses = response_masks(table)
+    if options.policy == "dllm-t3s":
+        sel, base = _column(table, f"logprob_{options.selector}"), _column(table, "logprob_base")
+        return [yet_to_learn(s - b, r, options.tau) for s, b, r in zip(sel, base, responses, strict=True)]
+    if options.match == "dllm-t3s":
+        matched = options.model_copy(update={"policy": "dllm-t3s", "fraction": None, "match": None})
+        size = sum(int(t.sum()) for t in dllm_targets(table, matched))
+    else:
+        assert options.fraction is not None  # checked by SelectOptions
+        size = round(options.fraction * sum(int(r.sum()) for r in responses))
+    return random_targets(responses, size, options.seed)
+
+
+def target_stats(table: pa.Table, targets: Sequence[np.ndarray]) -> dict[str, Any]:
+    """The size of B: its tokens and their share of the response tokens."""
+    total = sum(int(r.sum()) for r in response_masks(table))
+    count = sum(int(t.sum()) for t in targets)
+    return {"target_tokens": count, "target_fraction": count / max(total, 1)}
+
+
+TARGET_MASK = "target_mask"  # a dLLM policy's target set B, beside the masks' usual columns
 MASKS_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -204,20 +264,24 @@ MASKS_SCHEMA = pa.schema(
 )
 
 
-def masks_table(table: pa.Table, keeps: Sequence[np.ndarray]) -> pa.Table:
+def masks_table(
+    table: pa.Table, keeps: Sequence[np.ndarray], targets: Sequence[np.ndarray] | None = None
+) -> pa.Table:
+    """The masks' columns; a dLLM policy's `targets` (B, 0/1 over all positions) add `target_mask`."""
     ids = table.column("input_ids").to_pylist()
     labels = [labels_from_mask(i, k).tolist() for i, k in zip(ids, keeps, strict=True)]
-    return pa.table(
-        {
-            "id": table.column("id"),
-            "input_ids": table.column("input_ids"),
-            "labels": labels,
-            "loss_mask": [k.astype(np.int8).tolist() for k in keeps],
-            "response_start": table.column("response_start"),
-            "response_end": table.column("response_end"),
-        },
-        schema=MASKS_SCHEMA,
-    )
+    columns = {
+        "id": table.column("id"),
+        "input_ids": table.column("input_ids"),
+        "labels": labels,
+        "loss_mask": [k.astype(np.int8).tolist() for k in keeps],
+        "response_start": table.column("response_start"),
+        "response_end": table.column("response_end"),
+    }
+    if targets is None:
+        return pa.table(columns, schema=MASKS_SCHEMA)
+    columns[TARGET_MASK] = [np.asarray(t, dtype=np.int8).tolist() for t in targets]
+    return pa.table(columns, schema=MASKS_SCHEMA.append(pa.field(TARGET_MASK, pa.list_(pa.int8()))))
 
 
 def mask_stats(table: pa.Table, keeps: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -265,11 +329,15 @@ def save_masks(out: Path, masks: pa.Table, stats: dict[str, Any]) -> None:
 
 
 def write_masks(
-    out: Path, table: pa.Table, keeps: Sequence[np.ndarray], info: dict[str, Any]
+    out: Path,
+    table: pa.Table,
+    keeps: Sequence[np.ndarray],
+    info: dict[str, Any],
+    targets: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write data.parquet, an HF dataset (dataset/) and stats.json into `out`, atomically."""
     stats = masks_summary(table, keeps, info)
-    save_masks(out, masks_table(table, keeps), stats)
+    save_masks(out, masks_table(table, keeps, targets), stats)
     return stats
 
 
@@ -345,13 +413,20 @@ class SelectStage(Stage):
     def run(self, run: RunDir, attempt: Attempt) -> dict[str, Any]:
         assert self.table is not None  # read by fingerprint
         keeps = select(self.table, self.options)
+        targets = dllm_targets(self.table, self.options) if self.options.policy in DLLM_POLICIES else None
         info = {"policy": self.options.policy, "options": self.options.model_dump(), "source": self.source}
         info["theta0_loss_share"] = kept_loss_share(self.table, keeps)
         warning = low_share_warning(self.policy, info["theta0_loss_share"])
+        if targets is not None:
+            info.update(target_stats(self.table, targets))
+            if info["target_tokens"] == 0:  # B = ∅ trains exactly as dLLM SFT does: say so
+                warning = (
+                    f"{self.policy}: no target token (Δc < −{self.options.tau} nowhere); this is dLLM SFT"
+                )
         if warning and attempt.main:
             console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         if attempt.main:
-            stats = write_masks(run.masks_dir(self.policy), self.table, keeps, info)
+            stats = write_masks(run.masks_dir(self.policy), self.table, keeps, info, targets)
         else:
             stats = masks_summary(self.table, keeps, info)
         return {"summary": {k: v for k, v in stats.items() if k != "per_example"}}

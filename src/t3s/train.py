@@ -1,17 +1,25 @@
-"""The train stage: from θ0, on a masked dataset, with the probe's recipe; only the mask differs."""
+"""The train stage: from θ0, on a masked dataset, with the probe's recipe; only the mask differs.
+
+With a dLLM student (`t3s.dllm.student`) the same stage trains the student's θ0 with the
+masked-diffusion objective on every response token, the masks' `target_mask` (B) masked on top
+(none: dLLM SFT); checkpoints, resume and the model's atomic write are the AR ones.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from t3s.errors import T3SError
 from t3s.fingerprint import digest, file_digest, model_fingerprint
 from t3s.io import write_jsonl
+from t3s.masks import response_mask
 from t3s.rundir import RunDir
-from t3s.selection import MASKS_FILE, read_masks_stats
+from t3s.selection import MASKS_FILE, TARGET_MASK, read_masks_stats
 from t3s.stage import Attempt, Stage, execute
 from t3s.tokens import TokenizedExample
 from t3s.training import (
@@ -25,6 +33,11 @@ from t3s.training import (
     sft_dataset,
 )
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from t3s.dllm.student import DllmStudent
+
 
 class TrainStage(Stage):
     """θ0 trained on RUN/masks/<policy> into RUN/train/<policy>/model; resumable from its last checkpoint."""
@@ -37,18 +50,39 @@ class TrainStage(Stage):
         recipe: TrainRecipe | None = None,
         save_every: int = 10,
         trust_remote_code: bool = False,
+        student: DllmStudent | None = None,
     ) -> None:
         self.policy, self.name = policy, f"train:{policy}"
-        self.base, self.recipe = base, recipe  # default: the run's θ0 and the probe's recipe
+        # Defaults: the run's θ0 (a dLLM student's own θ0) and the probe's recipe.
+        self.base, self.recipe, self.student = base, recipe, student
         self.save_every, self.trust_remote_code = save_every, trust_remote_code
         self.items: list[TokenizedExample] = []
         self.labels: list[list[int]] = []
         self.loss = "nll"  # the objective the masks were selected for (`SelectOptions.loss`)
+        self.targets: list[np.ndarray] | None = None  # a dLLM policy's B, per example
+
+    def _check_masks(self, run: RunDir, masks: pa.Table) -> None:
+        """A dLLM learns every response token (its policies choose B); an AR student reads no B."""
+        where = run.masks_dir(self.policy)
+        if self.student is None:
+            if TARGET_MASK in masks.column_names:
+                raise T3SError(f"{where}: a dLLM target set (target_mask); train it with a dLLM student")
+            return
+        for r in masks.to_pylist():
+            whole = response_mask(len(r["input_ids"]), r["response_start"], r["response_end"])
+            if not np.array_equal(np.asarray(r["loss_mask"], dtype=bool), whole):
+                raise T3SError(
+                    f"{where}: example {r['id']!r} keeps part of its response (an AR policy's mask); "
+                    "a dLLM student trains on sft, dllm-t3s or dllm-random masks"
+                )
+        if TARGET_MASK in masks.column_names:
+            self.targets = [np.asarray(t, dtype=np.int8) for t in masks.column(TARGET_MASK).to_pylist()]
 
     def fingerprint(self, run: RunDir) -> str:
         self.recipe = self.recipe or run.recipe()
-        self.base = self.base or run.base_model()
+        self.base = self.base or (self.student.model if self.student else run.base_model())
         masks = run.masks(self.policy)
+        self._check_masks(run, masks)
         rows = masks.to_pylist()
         self.items = [
             TokenizedExample(r["id"], r["input_ids"], r["response_start"], r["response_end"]) for r in rows
@@ -59,11 +93,16 @@ class TrainStage(Stage):
         self.loss = options.get("loss", "nll")
         if self.loss not in ("nll", "dft"):
             raise T3SError(f"{run.masks_dir(self.policy)}/stats.json: unknown loss {self.loss!r} (nll, dft)")
+        if self.student is not None and self.loss != "nll":
+            raise T3SError(
+                f"{run.masks_dir(self.policy)}: loss {self.loss} is for AR students; a dLLM trains with its own"
+            )
         return digest(
             file_digest(masks_file),
             model_fingerprint(self.base),
             self.recipe.model_dump(exclude={"report_to"}),
             *([self.loss] if self.loss != "nll" else []),  # NLL runs keep their earlier fingerprints
+            *([("dllm", self.student.diffusion.model_dump())] if self.student else []),
         )
 
     def outputs_exist(self, run: RunDir) -> bool:
@@ -95,15 +134,7 @@ class TrainStage(Stage):
         model = prepare_model(
             load_model(base, device=state.device, dtype=dtype, trust_remote_code=remote), recipe
         )
-        trainer = build_trainer(
-            model,
-            tokenizer,
-            sft_dataset(self.items, self.labels),
-            recipe,
-            ckpt_dir,
-            save_steps=self.save_every,
-            loss=self.loss,
-        )
+        trainer = self._trainer(run, model, tokenizer, recipe, ckpt_dir)
         latest = list_checkpoints(ckpt_dir, resumable=True)
         trainer.args.save_total_limit = 1
         try:
@@ -122,6 +153,8 @@ class TrainStage(Stage):
         rows = log_history_rows(trainer)
         summary = {"base": base, "masks": str(run.masks_dir(self.policy).relative_to(run.root)),
                    "steps": recipe.steps, "final_loss": rows[-1]["loss"] if rows else None, "loss": self.loss}  # fmt: skip
+        if self.student is not None:
+            summary.update(loss="diffusion", student="dllm", objective=self.student.diffusion.objective)
         if attempt.main:
             tokenizer.save_pretrained(str(tmp))
             shutil.rmtree(run.model_dir(self.policy), ignore_errors=True)
@@ -129,6 +162,22 @@ class TrainStage(Stage):
             write_jsonl(log, rows)
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         return {"summary": summary}
+
+    def _trainer(self, run: RunDir, model: Any, tokenizer: Any, recipe: TrainRecipe, ckpt_dir: Path) -> Any:
+        if self.student is None:
+            dataset = sft_dataset(self.items, self.labels)
+            return build_trainer(
+                model, tokenizer, dataset, recipe, ckpt_dir, save_steps=self.save_every, loss=self.loss
+            )
+        from t3s.dllm.student import check_student_tokenizer
+        from t3s.dllm.training import build_diffusion_trainer, diffusion_dataset
+
+        # Δc was measured on the selector's token ids: they must name the same tokens for the student.
+        check_student_tokenizer(run.base_model(), self.student, trust_remote_code=self.trust_remote_code)
+        dataset = diffusion_dataset(self.items, self.targets)
+        return build_diffusion_trainer(
+            model, tokenizer, dataset, recipe, self.student.diffusion, ckpt_dir, save_steps=self.save_every
+        )
 
 
 def train_policy(
@@ -139,9 +188,11 @@ def train_policy(
     recipe: TrainRecipe | None = None,
     save_every: int = 10,
     trust_remote_code: bool = False,
+    student: DllmStudent | None = None,
 ) -> dict[str, Any]:
-    """Train θ0 on RUN/masks/<name> into RUN/train/<name>/model; resumable from its last checkpoint."""
+    """Train θ0 (or a dLLM `student`) on RUN/masks/<name> into RUN/train/<name>/model; resumable."""
     stage = TrainStage(
-        name, base=base, recipe=recipe, save_every=save_every, trust_remote_code=trust_remote_code
-    )
+        name, base=base, recipe=recipe, save_every=save_every, trust_remote_code=trust_remote_code,
+        student=student,
+    )  # fmt: skip
     return execute(RunDir(run_path), stage)["summary"]

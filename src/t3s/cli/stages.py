@@ -164,6 +164,12 @@ def select(
         f"({stats['kept_fraction']:.1%}) -> {selection.path}",
         highlight=False,
     )
+    if "target_fraction" in stats:  # a dLLM policy: its target set B
+        out.print(
+            f"{selection.name}: targets B = {stats['target_tokens']:,} response tokens "
+            f"(target fraction {stats['target_fraction']:.1%})",
+            highlight=False,
+        )
 
 
 def export(
@@ -186,11 +192,22 @@ def train(
     save_every: Annotated[int, typer.Option(help="checkpoint to resume from every N steps")] = 10,
     report_to: Annotated[list[str] | None, typer.Option(help="HF Trainer report_to")] = None,
     trust_remote_code: Remote = False,
+    dllm_student: Annotated[
+        Path | None,
+        typer.Option(
+            help="train a dLLM student: a YAML file with its settings (kind: dllm, model, diffusion, "
+            "sampling), or a run config with a student section"
+        ),
+    ] = None,
 ) -> None:
     """Train θ0 on a masked dataset with the probe's recipe; saves RUN/train/<policy>/model."""
+    from t3s.dllm.student import load_student
+
+    student = load_student(dllm_student) if dllm_student is not None else None
     summary = api.train(
-        run, policy, save_every=save_every, report_to=report_to, trust_remote_code=trust_remote_code
-    )
+        run, policy, save_every=save_every, report_to=report_to, trust_remote_code=trust_remote_code,
+        student=student,
+    )  # fmt: skip
     out.print(
         f"{policy}: final loss {summary['final_loss']} -> {RunDir(run).model_dir(policy)}",
         highlight=False,

@@ -14,13 +14,11 @@ The prompt is never noised and never in the loss: only `maskable` positions can 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from t3s.dllm.settings import Weighting
 from t3s.masks import IGNORE
-
-Weighting = Literal["uniform", "1/t"]
 
 
 @dataclass(frozen=True)

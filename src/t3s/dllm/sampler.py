@@ -15,33 +15,18 @@ every sample has stopped, later blocks are not decoded.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from t3s.backends import BackendOptions, EngineBackend
 from t3s.dllm.a2d import mask_token_id
 from t3s.dllm.attention import bidirectional_mask, block_causal_mask, model_attention_mask
 from t3s.dllm.noise import generator
+from t3s.dllm.settings import DiffusionSampling
 from t3s.errors import T3SError
 from t3s.generation import Completion, OnBatch, SamplingParams, TransformersEngine
 from t3s.tokens import Template
-
-
-class DiffusionSampling(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    steps: int | None = Field(None, ge=1, description="denoising steps in all (default: one per new token)")
-    block_length: int = Field(32, ge=1, description="semi-autoregressive block length")
-    remasking: Literal["low_confidence", "random"] = Field(
-        "low_confidence", description="which tokens to commit"
-    )
-    threshold: float | None = Field(
-        None, gt=0, le=1, description="also commit every token more confident than this (parallel decoding)"
-    )
-    attention: Literal["full", "block"] = Field(
-        "full", description="full (MDM) or block-causal (block diffusion)"
-    )
 
 
 def transfer_schedule(masked: int, steps: int) -> list[int]:
@@ -189,4 +174,18 @@ def diffusion_backend(
         ),
         options,
         tokenizer=lambda: tokenizer,
+    )
+
+
+def load_diffusion_engine(path: str, settings: DiffusionSampling, options: BackendOptions) -> DiffusionEngine:
+    """A saved dLLM (with its tokenizer, whose mask token the sampler writes) as an engine, placed
+    and typed as `options` say: what `t3s eval` builds for each model of a dLLM run."""
+    from t3s.dllm.a2d import load_dllm
+    from t3s.models import load_tokenizer, resolve_device, resolve_dtype
+
+    device = resolve_device(options.device)
+    model = load_dllm(path, device=device, dtype=resolve_dtype(options.dtype, device))
+    tokenizer = load_tokenizer(path, trust_remote_code=options.trust_remote_code)
+    return DiffusionEngine(
+        model, tokenizer, settings, options.batch_size, progress=options.progress, template=options.template
     )

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from t3s.dllm.a2d import make_bidirectional, mask_token_id
 from t3s.dllm.attention import (
@@ -29,34 +28,12 @@ from t3s.dllm.attention import (
     model_attention_mask,
 )
 from t3s.dllm.loss import weighted_token_nll_sum
-from t3s.dllm.noise import Weighting, draw, generator, loss_count
+from t3s.dllm.noise import draw, generator, loss_count
+from t3s.dllm.settings import DiffusionSettings
 from t3s.errors import T3SError
 from t3s.fingerprint import digest
 from t3s.tokens import TokenizedExample
 from t3s.training import TrainRecipe, _stop_on_nonfinite_loss, _trainer_class, training_arguments
-
-
-class DiffusionSettings(BaseModel):
-    """The masked-diffusion objective; the recipe (steps, batch, lr, ...) is the AR one."""
-
-    model_config = ConfigDict(extra="forbid")
-    objective: Literal["mdm", "block"] = Field(
-        "mdm", description="mdm (LLaDA: one t per sequence) or block (BD3-LM: one t per block)"
-    )
-    block_size: int = Field(32, ge=1, description="block diffusion: response tokens per block")
-    t_min: float = Field(0.3, gt=0, le=1, description="t ~ U(t_min, t_max); dFactory 0.3, LLaDA 0.001")
-    t_max: float = Field(0.8, gt=0, le=1, description="dFactory 0.8, LLaDA 1.0")
-    weighting: Weighting = Field("uniform", description="uniform (mean over masked tokens) or 1/t (LLaDA)")
-    pad_with_eos: bool = Field(
-        True,
-        description="pad responses with EOS that is noised and trained (LLaDA), so fixed-length sampling ends",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> DiffusionSettings:
-        if self.t_min > self.t_max:
-            raise ValueError(f"t_min {self.t_min} exceeds t_max {self.t_max}")
-        return self
 
 
 def diffusion_dataset(items: Sequence[TokenizedExample], targets: Sequence[np.ndarray] | None = None) -> Any:

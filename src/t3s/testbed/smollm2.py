@@ -58,3 +58,16 @@ def smollm2_path() -> Path:
         with atomic_dir(out) as tmp:
             convert(gguf_path(), tmp)
     return out
+
+
+def smollm2_dllm_path() -> Path:
+    """SmolLM2-135M-Instruct made a masked-diffusion student by A2D (`t3s.dllm.a2d`: a mask token,
+    bidirectional attention, the AR weights unchanged), converted on first use into the cache."""
+    from t3s.dllm.a2d import convert_checkpoint
+
+    out = cache_root() / "smollm2-135m-instruct-dllm"
+    if not (out / "model.safetensors").exists():
+        source = smollm2_path()
+        with atomic_dir(out) as tmp:
+            convert_checkpoint(str(source), tmp)
+    return out
