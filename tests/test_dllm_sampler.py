@@ -4,6 +4,7 @@ parallel decoding, and the same job interface as the AR backends."""
 from __future__ import annotations
 
 import copy
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -11,8 +12,14 @@ import torch
 
 from conftest import build_tiny_model
 from t3s.backends import BackendOptions
-from t3s.dllm.a2d import convert_checkpoint, load_dllm
-from t3s.dllm.sampler import DiffusionEngine, DiffusionSampling, diffusion_backend, transfer_schedule
+from t3s.dllm.a2d import convert_checkpoint, is_bidirectional, load_dllm
+from t3s.dllm.sampler import (
+    DiffusionEngine,
+    DiffusionSampling,
+    diffusion_backend,
+    load_diffusion_engine,
+    transfer_schedule,
+)
 from t3s.errors import T3SError
 from t3s.generation import Job, SamplingParams
 from t3s.models import load_tokenizer
@@ -167,3 +174,42 @@ def test_the_backend_serves_jobs_like_the_ar_backends(student) -> None:
 def test_transfer_schedule_spreads_every_token() -> None:
     assert transfer_schedule(32, 32) == [1] * 32
     assert sum(transfer_schedule(7, 3)) == 7 and transfer_schedule(7, 3) == [3, 2, 2]
+
+
+REMOTE_CONFIG = """from transformers import LlamaConfig
+
+
+class CustomConfig(LlamaConfig):
+    model_type = "t3s_custom_llama"
+"""
+REMOTE_MODEL = """from transformers import LlamaForCausalLM
+
+from .configuration_custom import CustomConfig
+
+
+class CustomForCausalLM(LlamaForCausalLM):
+    config_class = CustomConfig
+"""
+
+
+def test_a_dllm_with_its_own_code_loads_for_eval_only_with_trust_remote_code(tokenizer, tmp_path) -> None:
+    # LLaDA and Dream ship their modelling code: `t3s eval` must pass the user's flag to the model load.
+    path = tmp_path / "custom"
+    convert_checkpoint(str(build_tiny_model(tokenizer, tmp_path / "ar")), path)
+    (path / "configuration_custom.py").write_text(REMOTE_CONFIG)
+    (path / "modeling_custom.py").write_text(REMOTE_MODEL)
+    config = json.loads((path / "config.json").read_text())
+    config |= {
+        "model_type": "t3s_custom_llama",
+        "architectures": ["CustomForCausalLM"],
+        "auto_map": {
+            "AutoConfig": "configuration_custom.CustomConfig",
+            "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM",
+        },
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    sampling = DiffusionSampling(steps=4, block_length=4)
+    with pytest.raises(T3SError, match="custom.*cannot load"):
+        load_diffusion_engine(str(path), sampling, BackendOptions(device="cpu"))
+    engine = load_diffusion_engine(str(path), sampling, BackendOptions(device="cpu", trust_remote_code=True))
+    assert type(engine.model).__name__ == "CustomForCausalLM" and is_bidirectional(engine.model)

@@ -85,8 +85,17 @@ def convert_checkpoint(source: str, out: Path, *, dtype: torch.dtype = torch.flo
     return mask_id
 
 
-def load_dllm(path: str, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Any:
-    """A saved A2D student, bidirectional again (transformers rebuilds its attention layers causal)."""
+def load_dllm(
+    path: str,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """A saved dLLM, bidirectional again (transformers rebuilds an A2D student's attention causal);
+    a checkpoint with its own modelling code (LLaDA, Dream) loads only with `trust_remote_code`."""
     from t3s.models import load_model
 
-    return make_bidirectional(load_model(path, device=device, dtype=dtype))
+    return make_bidirectional(
+        load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    )

@@ -184,7 +184,12 @@ def load_diffusion_engine(path: str, settings: DiffusionSampling, options: Backe
     from t3s.models import load_tokenizer, resolve_device, resolve_dtype
 
     device = resolve_device(options.device)
-    model = load_dllm(path, device=device, dtype=resolve_dtype(options.dtype, device))
+    model = load_dllm(
+        path,
+        device=device,
+        dtype=resolve_dtype(options.dtype, device),
+        trust_remote_code=options.trust_remote_code,
+    )
     tokenizer = load_tokenizer(path, trust_remote_code=options.trust_remote_code)
     return DiffusionEngine(
         model, tokenizer, settings, options.batch_size, progress=options.progress, template=options.template
