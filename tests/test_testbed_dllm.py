@@ -15,7 +15,8 @@ from t3s.dllm.a2d import load_dllm, to_dllm
 from t3s.dllm.attention import bidirectional_mask, model_attention_mask
 from t3s.errors import T3SError
 from t3s.models import load_model, load_tokenizer
-from t3s.testbed.dllm_prepare import SECONDS, build_student, main, parse_args, train
+from t3s.testbed.dllm_prepare import build_student, main, parse_args, train
+from t3s.testbed.resume import SECONDS
 from t3s.testbed.student import merge_dllm_adapter
 from t3s.testbed.task import TaskSpec
 from t3s.training import TrainRecipe, prepare_model

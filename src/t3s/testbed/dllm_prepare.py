@@ -21,7 +21,6 @@ benchmarks/RESULTS.md. `t3s.testbed.student.dllm_student_path` builds the studen
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 from t3s.errors import T3SError
 from t3s.io import write_json
 from t3s.testbed.prepare import LLAMA_LINEAR, stage0_rows
+from t3s.testbed.resume import resume_point, train_seconds_so_far, wall_clock
 from t3s.testbed.student import DLLM_STAGE0, STAGE0
 from t3s.testbed.task import TaskSpec, make_problems, style_of
 
@@ -100,33 +100,6 @@ def recipe(args: argparse.Namespace, layers: int) -> Any:
     )  # fmt: skip
 
 
-SECONDS = "t3s-train-seconds.json"  # in each checkpoint: the training seconds spent up to it
-
-
-def train_seconds_so_far(checkpoint: Path | None) -> float:
-    if checkpoint is None:
-        return 0.0
-    path = checkpoint / SECONDS
-    if not path.exists():
-        raise T3SError(f"{path}: missing, so the resumed run's training time is unknown")
-    return float(json.loads(path.read_text())["seconds"])
-
-
-def wall_clock(before: float) -> Any:
-    """A callback that writes the training seconds (`before` this run's start, plus its own) into each checkpoint."""
-    from transformers import TrainerCallback
-
-    begin = time.time()
-
-    class WallClock(TrainerCallback):
-        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            write_json(checkpoint / SECONDS, {"seconds": before + time.time() - begin})
-            return control
-
-    return WallClock()
-
-
 def train(
     model: Any, tokenizer: Any, args: argparse.Namespace, spec: TaskSpec, trainer_dir: Path
 ) -> tuple[Any, int, float]:
@@ -135,7 +108,7 @@ def train(
     from t3s.data import Example
     from t3s.dllm.training import DiffusionSettings, build_diffusion_trainer, diffusion_dataset
     from t3s.tokens import TokenizeConfig, tokenize_corpus
-    from t3s.training import checkpoint_step, list_checkpoints, remove_incomplete_checkpoints
+    from t3s.training import checkpoint_step
 
     problems = make_problems(spec, args.problems, args.seed)
     rows = stage0_rows(problems, args.seed, args.mix, args.mix_style)
@@ -144,8 +117,7 @@ def train(
     settings = DiffusionSettings(
         objective=args.objective, block_size=args.train_block, t_min=args.t_min, t_max=args.t_max
     )
-    remove_incomplete_checkpoints(trainer_dir)
-    latest = (list_checkpoints(trainer_dir, resumable=True) or [None])[-1]
+    latest = resume_point(trainer_dir)
     if latest is not None and checkpoint_step(latest) >= args.steps:
         # Trainer checks max_steps only after a step: resumed there, it would train one step more.
         raise T3SError(f"{latest}: already at --steps {args.steps}; pass more steps to continue")
