@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -18,14 +19,20 @@ def testbed_default(run_dir: Path) -> TestbedConfig:
 
 def load_testbed(path: Path, overrides: Sequence[Override] = ()) -> TestbedConfig:
     """Read and validate a testbed YAML; overrides address the document, e.g. `testbed.eval_every`."""
-    raw = read_mapping(Path(path))
+    return testbed_from_mapping(read_mapping(Path(path)), overrides, source=path)
+
+
+def testbed_from_mapping(
+    raw: dict[str, Any], overrides: Sequence[Override] = (), source: Path | str = "the testbed settings"
+) -> TestbedConfig:
+    """Validate a `{testbed: {...}}` document after the command line's overrides."""
     for override in overrides:
         if override.path[0] != "testbed":
             raise T3SError(f"{override.flag}: a testbed config's settings are under testbed.")
     flags = apply_overrides(raw, overrides)
     if not isinstance(raw.get("testbed"), dict):
-        raise T3SError(f"{path}: a testbed config has a top-level 'testbed:' mapping")
+        raise T3SError(f"{source}: a testbed config has a top-level 'testbed:' mapping")
     try:
         return TestbedConfig(**raw["testbed"])
     except ValidationError as exc:
-        raise validation_error(exc, source=path, prefix=("testbed",), flags=flags) from None
+        raise validation_error(exc, source=source, prefix=("testbed",), flags=flags) from None

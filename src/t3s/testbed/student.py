@@ -20,26 +20,33 @@ STAGE0 = ASSETS / "stage0"
 DLLM_STAGE0 = ASSETS / "dllm-stage0"
 
 
-def merge_adapter(adapter: Path, out: Path) -> None:
+def merge_adapter(adapter: Path, out: Path, base: Path | None = None) -> None:
+    """`adapter` merged into `base` (default: SmolLM2-135M-Instruct), saved with its tokenizer to `out`."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_dir = smollm2_path()
+    base_dir = base or smollm2_path()
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     merged.save_pretrained(out)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
 
 
-def student_path(adapter: Path = STAGE0) -> Path:
-    """The merged stage-0 student, built on first use (a few seconds) and cached."""
+def student_path(adapter: Path = STAGE0, base: Path | None = None) -> Path:
+    """The merged stage-0 student, built on first use (a few seconds) and cached; `base` is the
+    model stage 0 trained the adapter on (default: SmolLM2-135M-Instruct)."""
     if not (adapter / "adapter_config.json").exists():
         raise FileNotFoundError(f"{adapter}: no stage-0 adapter; run `python -m t3s.testbed.prepare`")
-    out = cache_root() / f"testbed-student-{model_fingerprint(adapter)}"
+    key = (
+        model_fingerprint(adapter)
+        if base is None
+        else digest(model_fingerprint(adapter), model_fingerprint(base))
+    )
+    out = cache_root() / f"testbed-student-{key}"
     if not (out / "model.safetensors").exists():
         with atomic_dir(out) as tmp:
-            merge_adapter(adapter, tmp)
+            merge_adapter(adapter, tmp, base)
     return out
 
 
