@@ -366,3 +366,28 @@ def test_a_process_that_cannot_see_its_group_stops(tmp_path: Path) -> None:
         "accelerate's state was created before t3s joined the group",
         proc.stderr,
     )
+
+
+# -- sampled probe answers ---------------------------------------------------------------------------
+@pytest.mark.multiprocess
+def test_sampled_probe_answers_do_not_depend_on_the_process_count(
+    model: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Each process samples its share of the prompts in batches of its own; every (prompt, sample)
+    # draws from a stream of its own, so the answers are those of one process.
+    data = write_jsonl(tmp_path / "c.jsonl", arithmetic_rows(16))
+    args = ["-m", str(model), "-d", str(data), "--steps", "2", "--batch-size", "4", "--micro-batch-size", "2",
+            "--lr", "3e-3", "--eval-prompts", "6", "--samples", "2", "--temperature", "1.0", "--top-p", "0.95",
+            "--max-new-tokens", "6", "--verifier", "t3s_dist_verifier:verify"]  # fmt: skip
+    runs = {}
+    for processes in (1, 2):
+        root = tmp_path / f"root{processes}"
+        root.mkdir()
+        t3s(env, root, processes, "probe", *args, "--run", str(root / "run"))
+        runs[processes] = root / "run"
+    for step in range(3):
+        name = f"samples/step-{step:05d}.jsonl"
+        got, want = lines(runs[2] / "probe" / name), lines(runs[1] / "probe" / name)
+        assert len(want) == 12 and got == want
+    assert len({r["completion"] for r in lines(runs[1] / "probe" / "samples/step-00000.jsonl")}) > 6
+    assert [r["train_accuracy"] for r in metrics(runs[2])] == [r["train_accuracy"] for r in metrics(runs[1])]

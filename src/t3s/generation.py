@@ -188,6 +188,33 @@ def warn_if_mostly_truncated(
         )
 
 
+def row_sampler(prompts: Sequence[list[int]], params: SamplingParams, device: Any) -> Any:
+    """Logits processors that make greedy decoding sample at `params`' temperature and top-p, each row
+    (sample k of a prompt) with a random stream seeded by (seed, prompt, k): by the Gumbel-max trick,
+    argmax(log p + Gumbel noise) is a draw from p. A row's answer then does not depend on the other
+    prompts of its batch, so it is the same whatever the batch size or the number of processes that
+    share the prompts (vLLM's per-request seeds do the same).
+    """
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    seeds = [int(digest(params.seed, list(p), k), 16) % 2**63 for p in prompts for k in range(params.n)]
+
+    class GumbelNoise(LogitsProcessor):
+        def __init__(self) -> None:
+            self.streams = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            u = torch.stack([torch.rand(scores.shape[1], generator=g, device=device) for g in self.streams])
+            tiny = torch.finfo(u.dtype).tiny  # rand's 0 would give an infinite draw
+            return scores + -torch.log(-torch.log(u.clamp(min=tiny))).to(scores.dtype)
+
+    warpers = [TemperatureLogitsWarper(params.temperature)]
+    if params.top_p < 1:
+        warpers.append(TopPLogitsWarper(params.top_p))  # filtered tokens go to -inf and stay there
+    return LogitsProcessorList([*warpers, GumbelNoise()])
+
+
 class TransformersEngine:
     """Batched `model.generate` with left padding; stops each sequence at its end-of-turn token."""
 
@@ -246,30 +273,29 @@ class TransformersEngine:
         return out
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, start: int) -> Any:
-        """The new tokens of `params.n` samples per prompt (row b·n + k: sample k of prompt b); a
-        sampled batch is seeded by its `start` in the longest-first order."""
+        """The new tokens of `params.n` samples per prompt (row b·n + k: sample k of prompt b); each
+        sampled row draws from a stream of its own (`row_sampler`)."""
         import torch
 
         model = self.model
         device = next(model.parameters()).device
         stop_ids = list(self.stops)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for b, prompt in enumerate(prompts):
+        # The n samples of a prompt are n rows (generate refuses num_return_sequences when greedy).
+        rows = [p for p in prompts for _ in range(params.n)]
+        width = max(len(p) for p in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, prompt in enumerate(rows):
             ids[b, width - len(prompt) :] = torch.tensor(prompt)
             mask[b, width - len(prompt) :] = 1
-        sample = params.temperature > 0
-        kwargs: dict[str, Any] = {"do_sample": sample}
-        if sample:
-            torch.manual_seed(params.seed * 1_000_003 + start)
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        kwargs: dict[str, Any] = {"do_sample": False}
+        if params.temperature > 0:
+            kwargs["logits_processor"] = row_sampler(prompts, params, device)
         return model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=params.max_new_tokens,
-            num_return_sequences=params.n,
             eos_token_id=stop_ids,
             pad_token_id=pad,
             **kwargs,
